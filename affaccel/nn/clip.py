@@ -1,0 +1,321 @@
+"""CLIP image encoder (open_clip), the expression fine-tuning head and their checkpoints.
+
+Stage 1 of the paper (sec. 3.1): an open_clip image tower, by default ViT-B/16, with new fully
+connected layers on its image embedding for the 8 expressions; every parameter is trained.
+
+Weights come from an open_clip pretrained tag (needs the model hub), a local file (an affaccel
+checkpoint or an open_clip CLIP state dict) or random init. Input size and normalisation are read
+from the open_clip model's preprocess config, never from constants here.
+
+Checkpoint format (one file, loads with no other file, ``torch.load(weights_only=True)``)::
+
+    {"format": "affaccel-clip/1", "config": ClipConfig as a plain dict,
+     "preprocess": {"size", "mean", "std", "interpolation", "resize_mode"},
+     "identity": str, "encoder_state": {...}, "head_state": {...} (optional), ...extra keys}
+
+This module imports torch and open_clip; ``import affaccel`` does not import it.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from affaccel.config import PAPER_BACKBONE, from_dict, register_config, to_dict
+from affaccel.io_utils import atomic_torch_save
+
+CHECKPOINT_FORMAT = "affaccel-clip/1"
+TINY_MODEL = "affaccel-vit-tiny"           # small registered config for CPU runs and tests
+_MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Bumped whenever the meaning of a feature changes without the weights changing (for example the
+# encoder's forward), so feature caches written by older code are not reused.
+_FEATURE_VERSION = 1
+
+
+@register_config
+@dataclass
+class ClipConfig:
+    model_name: str = PAPER_BACKBONE  # open_clip architecture name (paper: ViT-B-16), or TINY_MODEL
+    pretrained: str | None = None     # open_clip pretrained tag, e.g. "openai" (needs the model hub)
+    checkpoint: str | None = None     # local file: affaccel checkpoint or open_clip CLIP state dict
+    precision: str = "auto"           # compute precision: "auto" (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    normalize: bool = False           # L2-normalise the image embedding (ours: off, the head learns scale)
+    head_hidden: int = 0              # fine-tuning head: 0 = one Linear, >0 = Linear-GELU-Linear (ours)
+    head_dropout: float = 0.0         # dropout before the last head layer (ours)
+    num_classes: int = 8              # expression classes (Aff-Wild2 EXPR)
+    init_seed: int = 0                # seed of random init (used only without pretrained/checkpoint)
+
+
+def register_model_configs() -> None:
+    """Make affaccel's open_clip configs (``affaccel-vit-tiny``) known to open_clip (idempotent)."""
+    import open_clip
+
+    if TINY_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(_MODEL_CONFIG_DIR)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"auto" -> "bf16" on CUDA, "fp32" elsewhere; validates the name."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device | str, precision: str = "auto"):
+    """Autocast context for the encoder's forward: bf16 where asked (GPU by default), else none."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _preprocess_summary(pp: dict) -> dict:
+    """The preprocessing fields that change a feature, as plain JSON types."""
+    size = pp["size"]
+    if isinstance(size, (tuple, list)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"only square model inputs are supported, got size {size}")
+        size = size[0]
+    return {
+        "size": int(size),
+        "mean": [float(m) for m in pp["mean"]],
+        "std": [float(s) for s in pp["std"]],
+        "interpolation": str(pp.get("interpolation", "bicubic")),
+        "resize_mode": str(pp.get("resize_mode", "shortest")),
+    }
+
+
+def _hash_state(state: dict[str, torch.Tensor], h) -> None:
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # Raw bytes of any dtype (bf16 has no NumPy dtype), so equal hashes mean equal weights.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+class ClipEncoder(nn.Module):
+    """open_clip image tower: images [B, 3, S, S] (normalised) -> embeddings [B, D].
+
+    Attributes: ``image_size`` (S), ``mean``/``std`` (per-channel, 0..1 scale), ``feature_dim`` (D),
+    ``config`` (ClipConfig), ``preprocess`` (dict from the open_clip model).
+    """
+
+    def __init__(self, visual: nn.Module, config: ClipConfig, preprocess: dict):
+        super().__init__()
+        self.visual = visual
+        self.config = config
+        self.preprocess = _preprocess_summary(preprocess)
+        self.image_size = self.preprocess["size"]
+        self.mean = tuple(self.preprocess["mean"])
+        self.std = tuple(self.preprocess["std"])
+        self.feature_dim = int(visual.output_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [B, 3, S, S] normalised with ``mean``/``std`` -> [B, D]."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size,) * 2:
+            raise ValueError(
+                f"ClipEncoder expects images [B, 3, {self.image_size}, {self.image_size}], "
+                f"got {tuple(images.shape)}")
+        x = self.visual(images)
+        if self.config.normalize:
+            x = nn.functional.normalize(x, dim=-1)
+        return x
+
+    def preprocessing_identity(self) -> str:
+        """Hash of the input preprocessing (size, mean, std, interpolation, resize mode)."""
+        blob = json.dumps(self.preprocess, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def identity(self) -> str:
+        """Stable hash of (model name, weights, preprocessing, feature semantics).
+
+        Two encoders with equal identity give equal features for equal frames, so the feature cache
+        keys on it. Hashes every weight byte (about 1 s for ViT-B/16 on a CPU core).
+        """
+        h = hashlib.sha256()
+        meta = {"model": self.config.model_name, "normalize": self.config.normalize,
+                "preprocess": self.preprocess, "feature_version": _FEATURE_VERSION}
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        _hash_state(self.state_dict(), h)
+        return h.hexdigest()[:24]
+
+
+class ExpressionHead(nn.Module):
+    """New fully connected layer(s) on the image embedding: [B, D] -> logits [B, num_classes]."""
+
+    def __init__(self, in_dim: int, num_classes: int = 8, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        if hidden > 0:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, num_classes))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + expression head: images [B, 3, S, S] -> logits [B, 8]; all parameters train."""
+
+    def __init__(self, encoder: ClipEncoder, head: ExpressionHead | None = None):
+        super().__init__()
+        cfg = encoder.config
+        self.encoder = encoder
+        self.head = head if head is not None else ExpressionHead(
+            encoder.feature_dim, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(images)
+        # The head runs in fp32 weights; under autocast its matmul still takes bf16.
+        return self.head(feats)
+
+
+def _open_clip_visual(cfg: ClipConfig, pretrained: str | None):
+    """Build the open_clip model for ``cfg`` and keep only its image tower and preprocess cfg."""
+    import open_clip
+
+    register_model_configs()
+    if cfg.model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {cfg.model_name!r}; expected one of "
+                         f"{TINY_MODEL!r} or an open_clip name such as 'ViT-B-16'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        try:
+            model = open_clip.create_model(cfg.model_name, pretrained=pretrained)
+        except RuntimeError as e:
+            if pretrained is not None and not Path(pretrained).is_file():
+                raise RuntimeError(
+                    f"could not load open_clip weights {cfg.model_name}/{pretrained!r}: {e}. "
+                    "Pretrained tags are downloaded from the model hub; without network access, "
+                    "pass a local file as checkpoint instead.") from e
+            raise
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    visual = model.visual
+    del model  # drop the text tower: only the image encoder is used
+    return visual, preprocess
+
+
+def build_encoder(cfg: ClipConfig | None = None, **overrides) -> ClipEncoder:
+    """ClipEncoder from a config: pretrained tag, local checkpoint file, or random init (fp32, CPU)."""
+    cfg = replace(cfg or ClipConfig(), **overrides)
+    resolve_precision(cfg.precision, "cpu")  # validate early
+    if cfg.pretrained and cfg.checkpoint:
+        raise ValueError("ClipConfig: give either pretrained (hub tag) or checkpoint (file), not both")
+    if cfg.checkpoint:
+        path = Path(cfg.checkpoint)
+        obj = _load_file(path)
+        if isinstance(obj, dict) and "encoder_state" in obj:
+            enc = _encoder_from_checkpoint(obj, path)
+            # Keep the caller's runtime choices; architecture and weights come from the file.
+            enc.config = replace(enc.config, precision=cfg.precision)
+            return enc
+        # Otherwise an open_clip CLIP state dict: open_clip loads it strictly into the architecture.
+        visual, pp = _open_clip_visual(cfg, str(path))
+        return ClipEncoder(visual, cfg, pp)
+    visual, pp = _open_clip_visual(cfg, cfg.pretrained)
+    return ClipEncoder(visual, cfg, pp)
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file
+        raise ValueError(f"{path} is not a readable torch checkpoint "
+                         f"(torch.load(weights_only=True) failed: {type(e).__name__}: {e})") from None
+
+
+def _encoder_from_checkpoint(obj: dict, path: Path) -> ClipEncoder:
+    missing = [k for k in ("config", "preprocess", "encoder_state") if k not in obj]
+    if missing or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an affaccel CLIP checkpoint: expected format "
+                         f"{CHECKPOINT_FORMAT!r} with keys config/preprocess/encoder_state; "
+                         f"got format {obj.get('format')!r}, missing {missing}")
+    try:
+        cfg = from_dict(ClipConfig, obj["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad 'config' entry: {e}") from None
+    # Architecture only: the weights come from this file, never from the hub or another file.
+    cfg = replace(cfg, pretrained=None, checkpoint=None)
+    visual, _ = _open_clip_visual(cfg, None)
+    enc = ClipEncoder(visual, cfg, obj["preprocess"])
+    _load_state(enc, obj["encoder_state"], path, "encoder_state")
+    return enc
+
+
+def _load_state(module: nn.Module, state: Any, path: Path, key: str) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: {key!r} must be a state dict, got {type(state).__name__}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: {key!r} does not match the architecture in its config: {e}") from None
+
+
+def load_encoder_checkpoint(path: str | Path) -> ClipEncoder:
+    """ClipEncoder from an affaccel checkpoint file (fp32, CPU, eval mode).
+
+    Raises FileNotFoundError (missing file) or ValueError (unreadable or wrong content), naming
+    the path.
+    """
+    path = Path(path)
+    return _encoder_from_checkpoint(_load_file(path), path).eval()
+
+
+def load_finetune_checkpoint(path: str | Path) -> tuple[FinetuneModel, dict]:
+    """(FinetuneModel, full checkpoint dict) from a checkpoint that has a ``head_state``."""
+    path = Path(path)
+    obj = _load_file(path)
+    enc = _encoder_from_checkpoint(obj, path)
+    if "head_state" not in obj:
+        raise ValueError(f"{path} has no 'head_state': it holds an encoder only, not a fine-tuned model")
+    model = FinetuneModel(enc)
+    _load_state(model.head, obj["head_state"], path, "head_state")
+    return model.eval(), obj
+
+
+def checkpoint_dict(encoder: ClipEncoder, head: nn.Module | None = None, **extra) -> dict:
+    """The checkpoint payload (CPU tensors, plain-type config) for ``save_checkpoint``."""
+    def cpu_state(m):
+        return {k: v.detach().to("cpu").clone() for k, v in m.state_dict().items()}
+
+    # The weights are in the file, so the saved config must not point at a hub tag or other file.
+    cfg = replace(encoder.config, pretrained=None, checkpoint=None)
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "config": to_dict(cfg),
+        "source": {"pretrained": encoder.config.pretrained, "checkpoint": encoder.config.checkpoint},
+        "preprocess": copy.deepcopy(encoder.preprocess),
+        "identity": encoder.identity(),
+        "encoder_state": cpu_state(encoder),
+    }
+    if head is not None:
+        obj["head_state"] = cpu_state(head)
+    obj.update(extra)
+    return obj
+
+
+def save_checkpoint(path: str | Path, encoder: ClipEncoder, head: nn.Module | None = None,
+                    **extra) -> Path:
+    """Write an affaccel CLIP checkpoint atomically; ``extra`` adds plain-type entries."""
+    path = Path(path)
+    atomic_torch_save(checkpoint_dict(encoder, head, **extra), path)
+    return path
+
+
+__all__ = [
+    "ClipConfig", "ClipEncoder", "ExpressionHead", "FinetuneModel", "TINY_MODEL",
+    "build_encoder", "load_encoder_checkpoint", "load_finetune_checkpoint", "save_checkpoint",
+    "checkpoint_dict", "register_model_configs", "autocast", "resolve_precision",
+]
