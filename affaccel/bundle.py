@@ -4,7 +4,8 @@ Layout of the file (``torch.save`` of plain containers and tensors, so it loads 
 ``torch.load(weights_only=True)``)::
 
     {"format": "affaccel-bundle", "version": 1,
-     "encoder": {"config": ClipConfig dict, "state_dict": {...}} | None,
+     "encoder": {"config": ClipConfig dict, "preprocess": {...}, "identity": str,
+                 "state_dict": {...}} | None,
      "window": WindowConfig dict,
      "tasks": {"va": {"config": TrainConfig dict (holds the TemporalConfig),
                       "state_dict": {...}, "metrics": {...}}, ...},
@@ -45,12 +46,19 @@ def _cpu_state(module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def bundle_dict(*, window: WindowConfig, tasks: dict, encoder=None, encoder_config=None,
-                meta: dict | None = None) -> dict:
-    """The bundle as a plain dict. tasks: {task: (TemporalModel, TrainConfig, metrics dict)}."""
-    if (encoder is None) != (encoder_config is None):
-        raise ValueError("save the encoder together with its config (both or neither)")
-    enc = None if encoder is None else {"config": to_dict(encoder_config), "state_dict": _cpu_state(encoder)}
+def _encoder_entry(encoder) -> dict:
+    from dataclasses import replace
+
+    # the weights are in the bundle: the config must not point at a hub tag or another file
+    cfg = replace(encoder.config, pretrained=None, checkpoint=None)
+    return {"config": to_dict(cfg), "preprocess": dict(encoder.preprocess), "identity": encoder.identity(),
+            "state_dict": _cpu_state(encoder)}
+
+
+def bundle_dict(*, window: WindowConfig, tasks: dict, encoder=None, meta: dict | None = None) -> dict:
+    """The bundle as a plain dict. encoder: ClipEncoder (the one the features came from) or
+    None; tasks: {task: (TemporalModel, TrainConfig, metrics dict)}."""
+    enc = None if encoder is None else _encoder_entry(encoder)
     return {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "encoder": enc, "window": to_dict(window),
         "tasks": {t: {"config": to_dict(cfg), "state_dict": _cpu_state(model), "metrics": dict(metrics or {})}
@@ -96,7 +104,10 @@ def load_bundle(path: str | Path, device: str = "cpu", tasks: list[str] | None =
         from affaccel.nn.clip import ClipConfig, build_encoder
 
         enc_cfg = from_dict(ClipConfig, raw["encoder"]["config"])
-        encoder = build_encoder(enc_cfg)
+        encoder = build_encoder(enc_cfg)  # architecture (random init), then the bundle's weights
+        if encoder.preprocess != raw["encoder"]["preprocess"]:
+            raise ValueError(f"{path}: the encoder's preprocessing {raw['encoder']['preprocess']} differs "
+                             f"from what open_clip gives for {enc_cfg.model_name} ({encoder.preprocess})")
         encoder.load_state_dict(raw["encoder"]["state_dict"])
         encoder.to(device).eval()
     out = Bundle(encoder, enc_cfg, from_dict(WindowConfig, raw["window"]), meta=raw.get("meta", {}))
@@ -134,10 +145,6 @@ def add_task(path: str | Path, source: str | Path, task: str | None = None) -> P
 
 
 def _same_encoder(a: dict | None, b: dict | None) -> bool:
-    import torch
-
     if a is None or b is None:
         return a is None and b is None
-    if a["config"] != b["config"] or a["state_dict"].keys() != b["state_dict"].keys():
-        return False
-    return all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    return a["identity"] == b["identity"]  # hash of architecture, weights and preprocessing
