@@ -1,0 +1,285 @@
+"""Triton kernels of the dilated causal convolution on channels-last activations.
+
+The convolution is an implicit matrix product: rows are the B*T frames, columns the output
+channels, and the reduction runs over k taps x C_in channels, each tap reading the input
+shifted by s_j = (k-1-j)*dilation frames (masked where the shift leaves the sequence); tap
+k-1 is the current frame, as in F.conv1d with (k-1)*dilation zeros of left padding:
+
+    y[b, t, o] = act( sum_j sum_c x[b, t - s_j, c] * w[j, c, o] + bias[o] )      (forward)
+    gx[b, t, c] = sum_j sum_o gz[b, t + s_j, o] * w[j, o, c]                      (grad input)
+    gw[j, c, o] = sum_{b,t} x[b, t - s_j, c] * gz[b, t, o]                         (grad weight)
+
+Forward and grad-input are the same kernel (`conv_kernel`) with the shift sign flipped
+(causal -> anti-causal). The grad-weight kernel writes one fp32 partial per split of the B*T
+rows; the host sums the partials (no atomics, so the result is deterministic). The activation
+backward (`act_bwd_kernel`) is elementwise and also writes per-row-block partial sums of the
+bias gradient.
+
+Imported only by affaccel.ops.causal_conv, after TRITON_INTERPRET is settled, because Triton
+decides at decoration time whether a kernel is compiled or interpreted.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from affaccel import env
+
+# Activation codes shared with the host (affaccel.ops.causal_conv.ACTIVATIONS).
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_LEAKY = 0, 1, 2, 3
+LEAKY_SLOPE = 0.01  # F.leaky_relu's default negative_slope
+
+# Snapshot at import, like Triton's own decision between compiled and interpreted kernels.
+INTERPRETED = env.triton_interpret()
+
+
+@triton.jit
+def _act(v, ACT: tl.constexpr, SLOPE: tl.constexpr):
+    if ACT == 1:
+        v = tl.maximum(v, 0.0)
+    elif ACT == 2:
+        # exact (erf) GELU, as F.gelu's default
+        v = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
+    elif ACT == 3:
+        v = tl.where(v > 0, v, v * SLOPE)
+    return v
+
+
+@triton.jit
+def _through_sign(v, g, ACT: tl.constexpr, SLOPE: tl.constexpr):
+    # ReLU/LeakyReLU backward given the sign of the activation's input (or output)
+    if ACT == 1:
+        g = tl.where(v > 0, g, 0.0)
+    else:
+        g = tl.where(v > 0, g, g * SLOPE)
+    return g
+
+
+@triton.jit
+def _gelu_grad(v):
+    cdf = 0.5 * (1.0 + tl.erf(v * 0.7071067811865476))
+    pdf = 0.3989422804014327 * tl.exp(-0.5 * v * v)
+    return cdf + v * pdf
+
+
+@triton.jit
+def conv_kernel(
+    X, W, BIAS, RES, Z, Y,
+    M, T, C_in, C_out, dilation,
+    sxb, sxt, sxc,
+    srb, srt, src,
+    syb, syt, syc,
+    K_TAPS: tl.constexpr, SHIFT: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, STORE_Z: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One [BLOCK_M frames, BLOCK_N out-channels] tile of a shifted convolution.
+
+    X: [B, T, C_in] (any strides); W: [K_TAPS, C_in, C_out] contiguous; BIAS: [C_out];
+    RES: [B, T, C_out] (any strides); Z: [M, C_out] contiguous (pre-activation, optional);
+    Y: [B, T, C_out] (any strides). Tap j reads x[t + SHIFT*(K_TAPS-1-j)*d]: SHIFT = -1 is the
+    causal forward, +1 the transposed (anti-causal) convolution of the input gradient.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < C_out
+    b = rm // T
+    t = rm - b * T
+    x_row = b.to(tl.int64) * sxb
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n_ck = tl.cdiv(C_in, BLOCK_K)
+    # one flat loop over (tap, channel chunk) so that Triton can software-pipeline it
+    for kk in range(0, K_TAPS * n_ck):
+        j = kk // n_ck
+        ck = (kk - j * n_ck) * BLOCK_K + rk
+        ts = t + SHIFT * (K_TAPS - 1 - j) * dilation
+        row_ok = m_ok & (ts >= 0) & (ts < T)
+        k_ok = ck < C_in
+        a = tl.load(
+            X + x_row[:, None] + ts.to(tl.int64)[:, None] * sxt + ck[None, :] * sxc,
+            mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+        )
+        w = tl.load(
+            W + (j * C_in + ck)[:, None] * C_out + rn[None, :],
+            mask=k_ok[:, None] & n_ok[None, :], other=0.0,
+        )
+        if DOT_F32:
+            # Triton's CPU interpreter mis-multiplies bf16 blocks; products of bf16/fp16
+            # values are exact in fp32, so upcasting changes nothing but the speed.
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    if STORE_Z:
+        tl.store(Z + rm.to(tl.int64)[:, None] * C_out + rn[None, :],
+                 acc.to(Z.dtype.element_ty), mask=out_ok)
+    acc = _act(acc, ACT, SLOPE)
+    if HAS_RES:
+        r = tl.load(RES + b.to(tl.int64)[:, None] * srb + t.to(tl.int64)[:, None] * srt
+                    + rn[None, :] * src, mask=out_ok, other=0.0)
+        acc = _act(acc + r.to(tl.float32), ACT, SLOPE)
+    tl.store(Y + b.to(tl.int64)[:, None] * syb + t.to(tl.int64)[:, None] * syt + rn[None, :] * syc,
+             acc.to(Y.dtype.element_ty), mask=out_ok)
+
+
+@triton.jit
+def act_bwd_kernel(
+    GY, Y, Z, RES, GZ, GR, DB,
+    M, T, C,
+    sgb, sgt, sgc,
+    srb, srt, src,
+    ACT: tl.constexpr, SLOPE: tl.constexpr, HAS_RES: tl.constexpr,
+    WRITE_GR: tl.constexpr, WRITE_DB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Gradient through the epilogue: gz = dL/d(conv + bias), gr = dL/d(residual).
+
+    GY: [B, T, C] (any strides); Y, Z: [M, C] contiguous (the forward's output and
+    pre-activation; each only read where the activation needs it); RES: [B, T, C] (any
+    strides, read only for GELU with a residual); GZ, GR: [M, C] contiguous;
+    DB: [cdiv(M, BLOCK_M), C] fp32 partial column sums of gz (bias gradient).
+    Without a residual, y = act(z); with one, y = act(h), h = act(z) + r.
+    ReLU/LeakyReLU derivatives are read off the sign of y (= sign of h, or of z without a
+    residual), so the decision matches the forward exactly.
+    """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < C
+    ok = m_ok[:, None] & n_ok[None, :]
+    b = rm // T
+    t = rm - b * T
+    flat = rm.to(tl.int64)[:, None] * C + rn[None, :]
+
+    g = tl.load(GY + b.to(tl.int64)[:, None] * sgb + t.to(tl.int64)[:, None] * sgt
+                + rn[None, :] * sgc, mask=ok, other=0.0).to(tl.float32)
+    if ACT == 1 or ACT == 3:
+        y = tl.load(Y + flat, mask=ok, other=0.0)
+        g = _through_sign(y, g, ACT, SLOPE)
+    if HAS_RES:
+        if ACT == 2:
+            z = tl.load(Z + flat, mask=ok, other=0.0).to(tl.float32)
+            r = tl.load(RES + b.to(tl.int64)[:, None] * srb + t.to(tl.int64)[:, None] * srt
+                        + rn[None, :] * src, mask=ok, other=0.0).to(tl.float32)
+            g = g * _gelu_grad(_act(z, 2, SLOPE) + r)
+        if WRITE_GR:
+            tl.store(GR + flat, g.to(GR.dtype.element_ty), mask=ok)
+        if ACT == 1 or ACT == 3:
+            z = tl.load(Z + flat, mask=ok, other=0.0)
+            g = _through_sign(z, g, ACT, SLOPE)
+        elif ACT == 2:
+            g = g * _gelu_grad(z)
+    elif ACT == 2:
+        z = tl.load(Z + flat, mask=ok, other=0.0).to(tl.float32)
+        g = g * _gelu_grad(z)
+    tl.store(GZ + flat, g.to(GZ.dtype.element_ty), mask=ok)
+    if WRITE_DB:
+        tl.store(DB + pid_m * C + rn, tl.sum(tl.where(ok, g, 0.0), axis=0), mask=n_ok)
+
+
+@triton.jit
+def grad_weight_kernel(
+    X, GZ, P,
+    M, T, C_in, C_out, dilation, rows_per_split,
+    sxb, sxt, sxc,
+    K_TAPS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Partial weight gradient of one (tap, C_in tile, C_out tile) over one split of rows.
+
+    X: [B, T, C_in] (any strides); GZ: [M, C_out] contiguous;
+    P: [n_splits, K_TAPS, C_in, C_out] fp32, P[s] = sum over rows of split s.
+    """
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_ci = tl.cdiv(C_in, BLOCK_CI)
+    n_co = tl.cdiv(C_out, BLOCK_CO)
+    j = pid // (n_ci * n_co)
+    rem = pid - j * (n_ci * n_co)
+    pid_ci = rem // n_co
+    pid_co = rem - pid_ci * n_co
+    rci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    rco = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    ci_ok = rci < C_in
+    co_ok = rco < C_out
+
+    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    m_start = pid_s * rows_per_split
+    m_end = tl.minimum(m_start + rows_per_split, M)
+    for m0 in range(m_start, m_end, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        m_ok = rm < m_end
+        b = rm // T
+        ts = rm - b * T - (K_TAPS - 1 - j) * dilation
+        x_ok = m_ok & (ts >= 0)
+        a = tl.load(
+            X + b.to(tl.int64)[:, None] * sxb + ts.to(tl.int64)[:, None] * sxt + rci[None, :] * sxc,
+            mask=x_ok[:, None] & ci_ok[None, :], other=0.0,
+        )
+        g = tl.load(GZ + rm.to(tl.int64)[:, None] * C_out + rco[None, :],
+                    mask=m_ok[:, None] & co_ok[None, :], other=0.0)
+        if DOT_F32:
+            a = a.to(tl.float32)
+            g = g.to(tl.float32)
+        acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
+
+    p = P + ((pid_s * K_TAPS + j) * C_in + rci.to(tl.int64))[:, None] * C_out + rco[None, :]
+    tl.store(p, acc, mask=ci_ok[:, None] & co_ok[None, :])
+
+
+# ---- launch configurations -------------------------------------------------------------------
+# The interpreter runs numpy per block op, so fewer, larger programs are faster there; on GPU
+# the tile shape is autotuned per (M, C_in, C_out) among a few tensor-core friendly shapes.
+
+INTERPRETER_CONV = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
+INTERPRETER_GRAD_W = dict(BLOCK_CI=16, BLOCK_CO=16, BLOCK_M=32)
+ACT_BWD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=128)
+INTERPRETER_ACT_BWD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=16)
+
+
+def _conv_configs():
+    shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+        (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4), (128, 256, 64, 8, 3), (64, 64, 64, 4, 4), (256, 128, 64, 8, 3),
+    ]
+    return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=s)
+            for m, n, k, w, s in shapes]
+
+
+def _grad_w_configs():
+    shapes = [  # BLOCK_CI, BLOCK_CO, BLOCK_M, warps, stages
+        (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4),
+        (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
+    ]
+    return [triton.Config(dict(BLOCK_CI=ci, BLOCK_CO=co, BLOCK_M=m), num_warps=w, num_stages=s)
+            for ci, co, m, w, s in shapes]
+
+
+_AUTOTUNED: dict = {}
+
+
+def autotuned(name: str):
+    """The GPU (compiled) kernel `name` wrapped in triton.autotune; built on first use."""
+    if name not in _AUTOTUNED:
+        if name == "conv":
+            _AUTOTUNED[name] = triton.autotune(
+                configs=_conv_configs(), key=["M", "C_in", "C_out", "K_TAPS", "SHIFT"],
+            )(conv_kernel)
+        elif name == "grad_weight":
+            _AUTOTUNED[name] = triton.autotune(
+                configs=_grad_w_configs(), key=["M", "C_in", "C_out", "K_TAPS", "rows_per_split"],
+            )(grad_weight_kernel)
+        else:
+            raise KeyError(name)
+    return _AUTOTUNED[name]
