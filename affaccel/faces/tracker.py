@@ -1,0 +1,171 @@
+"""Keep one stable face box per subject across frames.
+
+Detection runs every ``redetect_every`` frames; in between, each track holds its last box.
+Detections are matched to tracks by IoU (greedy, best pair first); a matched track's box moves
+towards the detection by an exponential moving average (``smoothing`` = weight of the new
+detection), which removes the frame-to-frame jitter of the cascade. A track that misses more
+than ``max_missed`` detections in a row is dropped. Every track has an integer id, stable while
+it lives. The *subject* followed is, by default, the largest (or most central) face when the
+current subject is lost; it is kept while its track lives, so a second person entering the
+frame does not steal the box. ``face_id`` follows a given track id instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from affaccel.faces.boxes import pairwise_iou
+
+
+@dataclass
+class TrackerConfig:
+    redetect_every: int = 1     # run the detector on every N-th frame (1 = every frame)
+    smoothing: float = 0.6      # EMA weight of a new detection (1.0 = no smoothing)
+    select: str = "largest"     # subject when none is followed: "largest" | "central"
+    iou_match: float = 0.3      # min IoU between a detection and a track to be the same face
+    max_missed: int = 2         # consecutive missed detections before a track is dropped
+    face_id: int | None = None  # follow this track id only (None: automatic subject)
+
+    def __post_init__(self):
+        if self.redetect_every < 1:
+            raise ValueError(f"redetect_every must be >= 1, got {self.redetect_every}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        if self.select not in ("largest", "central"):
+            raise ValueError(f"select must be 'largest' or 'central', got {self.select!r}")
+        if self.max_missed < 0:
+            raise ValueError(f"max_missed must be >= 0, got {self.max_missed}")
+
+
+@dataclass
+class Track:
+    id: int
+    box: np.ndarray            # [4] x, y, w, h (smoothed)
+    score: float
+    missed: int = 0
+    hits: int = 1
+
+
+@dataclass
+class TrackOutput:
+    """Per-frame boxes of the followed subject: ``boxes [B, 4]`` (NaN rows = no face),
+    ``scores [B]`` (NaN without a face), ``ids [B]`` int64 track id (-1 without a face)."""
+    boxes: np.ndarray
+    scores: np.ndarray
+    ids: np.ndarray
+    detected: np.ndarray = field(default=None)  # [B] bool: the detector ran on this frame
+
+
+class FaceTracker:
+    """Stateful tracker: call ``update`` on consecutive frame batches of one video.
+
+    ``update(frames: [B, H, W, 3] uint8) -> TrackOutput``. ``reset()`` before a new video.
+    """
+
+    def __init__(self, detector=None, config: TrackerConfig | None = None, **overrides):
+        cfg = config or TrackerConfig()
+        if overrides:
+            cfg = TrackerConfig(**{**cfg.__dict__, **overrides})
+        self.config = cfg
+        if detector is None:
+            from affaccel.faces.detector import HaarFaceDetector
+
+            detector = HaarFaceDetector()
+        self.detector = detector
+        self.reset()
+
+    def reset(self) -> None:
+        self.tracks: list[Track] = []
+        self.subject: int | None = None
+        self.frame_index = 0
+        self._next_id = 0
+        self._frame_hw: tuple[int, int] | None = None
+
+    # -- association --------------------------------------------------------------------
+    def _associate(self, dets: np.ndarray) -> None:
+        """Update tracks with one frame's detections ``dets: [n, 5]``."""
+        cfg = self.config
+        iou = pairwise_iou(np.stack([t.box for t in self.tracks]) if self.tracks
+                           else np.zeros((0, 4)), dets[:, :4])
+        matched_t, matched_d = set(), set()
+        if iou.size:
+            order = np.dstack(np.unravel_index(np.argsort(-iou, axis=None), iou.shape))[0]
+            for ti, di in order:
+                if iou[ti, di] < cfg.iou_match:
+                    break
+                if ti in matched_t or di in matched_d:
+                    continue
+                t = self.tracks[ti]
+                t.box = cfg.smoothing * dets[di, :4] + (1.0 - cfg.smoothing) * t.box
+                t.score, t.missed, t.hits = float(dets[di, 4]), 0, t.hits + 1
+                matched_t.add(ti)
+                matched_d.add(di)
+        kept = []
+        for ti, t in enumerate(self.tracks):
+            if ti not in matched_t:
+                t.missed += 1
+            if t.missed <= cfg.max_missed:
+                kept.append(t)
+        self.tracks = kept
+        for di in range(len(dets)):
+            if di not in matched_d:
+                self.tracks.append(Track(self._next_id, dets[di, :4].copy(), float(dets[di, 4])))
+                self._next_id += 1
+
+    def _choose_subject(self) -> None:
+        cfg = self.config
+        alive = {t.id: t for t in self.tracks}
+        if cfg.face_id is not None:
+            self.subject = cfg.face_id if cfg.face_id in alive else None
+            return
+        if self.subject in alive:
+            return
+        # only tracks seen in the latest detection may become the subject
+        fresh = [t for t in self.tracks if t.missed == 0]
+        if not fresh:
+            self.subject = None
+            return
+        if cfg.select == "largest":
+            best = max(fresh, key=lambda t: t.box[2] * t.box[3])
+        else:
+            h, w = self._frame_hw
+            centre = np.array([w / 2.0, h / 2.0])
+            best = min(fresh, key=lambda t: float(np.sum(
+                (t.box[:2] + t.box[2:] / 2.0 - centre) ** 2)))
+        self.subject = best.id
+
+    # -- public -------------------------------------------------------------------------
+    def update(self, frames) -> TrackOutput:
+        if hasattr(frames, "detach"):
+            frames = frames.detach().cpu().numpy()
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames [B, H, W, 3], got shape {tuple(frames.shape)}")
+        b = len(frames)
+        self._frame_hw = tuple(frames.shape[1:3])
+        idx = np.arange(self.frame_index, self.frame_index + b)
+        det_rows = np.nonzero(idx % self.config.redetect_every == 0)[0]
+        dets = self.detector.detect(frames[det_rows]) if len(det_rows) else []
+        det_of = dict(zip(det_rows.tolist(), dets))
+        out = TrackOutput(np.full((b, 4), np.nan), np.full(b, np.nan),
+                          np.full(b, -1, np.int64), np.zeros(b, bool))
+        for i in range(b):
+            if i in det_of:
+                self._associate(np.asarray(det_of[i], np.float64).reshape(-1, 5))
+                self._choose_subject()
+                out.detected[i] = True
+            track = next((t for t in self.tracks if t.id == self.subject), None)
+            if track is not None:
+                out.boxes[i], out.scores[i], out.ids[i] = track.box, track.score, track.id
+        self.frame_index += b
+        return out
+
+    def track(self, batches) -> TrackOutput:
+        """Run ``update`` over an iterable of frame batches; concatenate the outputs."""
+        outs = [self.update(f) for f in batches]
+        if not outs:
+            return TrackOutput(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64),
+                               np.zeros(0, bool))
+        return TrackOutput(*(np.concatenate([getattr(o, k) for o in outs])
+                             for k in ("boxes", "scores", "ids", "detected")))
