@@ -154,6 +154,7 @@ def conv_forward(x, weight, bias, dilation, activation, residual, *, save_z, out
     z = None
     if save_z:
         z = z_out if z_out is not None else x.new_empty(B * T, C_out)
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads it with stride 1
     _launch_conv(x, _w_taps(weight, False), bias, residual, z, y, dilation,
                  ACTIVATIONS[activation], shift=-1)
     return y, z
@@ -219,7 +220,7 @@ def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
     C_out = gz.shape[1]
     if n_splits is None:
         n_splits = _n_splits(x, M, k * triton_cdiv(C_in, 128) * triton_cdiv(C_out, 128))
-    rows = triton_cdiv(triton_cdiv(M, n_splits), 256) * 256 if n_splits > 1 else M
+    rows = triton_cdiv(M, max(1, min(n_splits, M)))
     n_splits = triton_cdiv(M, rows)
     if partial_out is not None:
         if partial_out.shape[0] < n_splits:
