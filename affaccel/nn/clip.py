@@ -248,17 +248,45 @@ def _encoder_from_checkpoint(obj: dict, path: Path) -> ClipEncoder:
         raise ValueError(f"{path}: bad 'config' entry: {e}") from None
     # Architecture only: the weights come from this file, never from the hub or another file.
     cfg = replace(cfg, pretrained=None, checkpoint=None)
-    visual, _ = _open_clip_visual(cfg, None)
+    visual = _visual_skeleton(cfg)
+    if visual is None:
+        visual, _ = _open_clip_visual(cfg, None)
     enc = ClipEncoder(visual, cfg, obj["preprocess"])
-    _load_state(enc, obj["encoder_state"], path, "encoder_state")
+    _load_state(enc, obj["encoder_state"], path, "encoder_state", assign=True)
+    leftover = [n for n, t in [*enc.named_parameters(), *enc.named_buffers()] if t.is_meta]
+    if leftover:  # the file must fill every tensor of the skeleton
+        raise ValueError(f"{path}: 'encoder_state' leaves tensors unset: {leftover[:5]}")
     return enc
 
 
-def _load_state(module: nn.Module, state: Any, path: Path, key: str) -> None:
+def _visual_skeleton(cfg: ClipConfig) -> nn.Module | None:
+    """The image tower's architecture with no storage (meta device), or None where unsupported.
+
+    Loading a checkpoint into it with ``assign=True`` skips open_clip's random init and the text
+    tower, which dominate load time on a CPU (ViT-B/16: seconds). Uses open_clip's internal
+    ``_build_vision_tower``; timm towers (which may hold non-parameter tensors) and open_clip
+    versions without it fall back to the full ``create_model``.
+    """
+    import open_clip
+
+    try:
+        from open_clip.model import _build_vision_tower
+    except ImportError:
+        return None
+    register_model_configs()
+    mc = open_clip.get_model_config(cfg.model_name)
+    if mc is None or "timm_model_name" in mc.get("vision_cfg", {}) or mc.get("custom_text"):
+        return None
+    with torch.device("meta"):
+        return _build_vision_tower(mc["embed_dim"], mc["vision_cfg"], mc.get("quick_gelu", False),
+                                   None)
+
+
+def _load_state(module: nn.Module, state: Any, path: Path, key: str, assign: bool = False) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: {key!r} must be a state dict, got {type(state).__name__}")
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         raise ValueError(f"{path}: {key!r} does not match the architecture in its config: {e}") from None
 
