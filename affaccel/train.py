@@ -303,8 +303,11 @@ def train(cfg: TrainConfig, train_seqs: Sequence, val_seqs: Sequence, run_dir: s
     from affaccel.nn.temporal import TemporalModel
     from affaccel.training_data import WindowSet
 
-    rank, world = distributed.rank(), distributed.world_size()
     device = _resolve_device(cfg.device)
+    info = distributed.init_from_env(device.type)  # no-op without torchrun
+    rank, world = info.rank, info.world_size
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", info.local_rank)
     run_dir = Path(run_dir)
     main_proc = rank == 0
     if main_proc:
