@@ -1,0 +1,347 @@
+"""Per-frame CLIP features: the on-disk cache and the extraction loop (stage 2 of the paper).
+
+Cache layout (one folder per encoder)::
+
+    <root>/<key>/manifest.json        which videos are complete, their shapes and checksums
+    <root>/<key>/<video_id>.npy       float16 [T, D], memory-mappable
+
+``key`` hashes the encoder identity (model, every weight, preprocessing) and the preprocessing
+identity, so a different encoder never reads another encoder's features. Each array is written
+atomically and only then entered in the manifest, so an interrupted extraction leaves complete
+entries only and the next run resumes with the videos that are not in the manifest.
+
+Heavy imports (torch, DALI) happen inside ``extract_features``; the cache itself needs NumPy only,
+so the window engine can read features without importing torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from affaccel.io_utils import atomic_write_json, atomic_write_with
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "affaccel-features/1"
+FEATURE_DTYPE = np.float16
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def cache_key(encoder_identity: str, preprocessing_identity: str = "") -> str:
+    """Folder name of a cache: hash of the encoder identity and the preprocessing identity."""
+    blob = f"{encoder_identity}|{preprocessing_identity}".encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+class FeatureCache:
+    """Features of one encoder: one float16 ``.npy`` [T, D] per video plus a JSON manifest.
+
+    Args:
+        root: folder holding caches of any number of encoders (one sub-folder each).
+        encoder_identity: ``ClipEncoder.identity()`` (model, weights, preprocessing).
+        preprocessing_identity: ``ClipEncoder.preprocessing_identity()`` (or any string that
+            changes when the frames fed to the encoder change).
+    """
+
+    def __init__(self, root: str | Path, encoder_identity: str, preprocessing_identity: str = ""):
+        if not encoder_identity:
+            raise ValueError("FeatureCache: encoder_identity must be a non-empty string")
+        self.root = Path(root)
+        self.encoder_identity = encoder_identity
+        self.preprocessing_identity = preprocessing_identity
+        self.key = cache_key(encoder_identity, preprocessing_identity)
+        self.dir = self.root / self.key
+        self.manifest_path = self.dir / "manifest.json"
+        self._manifest = self._read_manifest()
+
+    @classmethod
+    def for_encoder(cls, root: str | Path, encoder) -> "FeatureCache":
+        """The cache of a ``ClipEncoder`` (hashes its weights once)."""
+        return cls(root, encoder.identity(), encoder.preprocessing_identity())
+
+    # -- manifest --------------------------------------------------------------------------
+    def _empty_manifest(self) -> dict:
+        return {"format": MANIFEST_FORMAT, "key": self.key, "encoder_identity": self.encoder_identity,
+                "preprocessing_identity": self.preprocessing_identity, "dtype": "float16",
+                "feature_dim": None, "videos": {}}
+
+    def _read_manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return self._empty_manifest()
+        try:
+            m = json.loads(self.manifest_path.read_text())
+            ok = (m.get("format") == MANIFEST_FORMAT and m.get("key") == self.key
+                  and m.get("encoder_identity") == self.encoder_identity
+                  and isinstance(m.get("videos"), dict))
+        except (OSError, ValueError) as e:
+            log.warning("feature cache manifest %s unreadable (%s): starting it afresh",
+                        self.manifest_path, e)
+            return self._empty_manifest()
+        if not ok:
+            log.warning("feature cache manifest %s belongs to another encoder or format: "
+                        "starting it afresh", self.manifest_path)
+            return self._empty_manifest()
+        return m
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self._manifest["feature_dim"]
+
+    def video_ids(self) -> list[str]:
+        """Videos entered in the manifest (complete when written; see ``check`` for validity)."""
+        return sorted(self._manifest["videos"])
+
+    def path(self, video_id: str) -> Path:
+        if not isinstance(video_id, str) or not _SAFE_ID.match(video_id):
+            raise ValueError(f"video id {video_id!r} cannot name a cache file: expected letters, "
+                             "digits and . _ + - (not starting with . or -)")
+        return self.dir / f"{video_id}.npy"
+
+    # -- validity --------------------------------------------------------------------------
+    def check(self, video_id: str, n_frames: int | None = None, deep: bool = False) -> str | None:
+        """None if the entry is valid, else why not (missing, wrong shape, truncated, ...).
+
+        Cheap by default (manifest entry, file size, ``.npy`` header); ``deep=True`` also
+        compares the file's CRC-32 with the one recorded when it was written.
+        """
+        entry = self._manifest["videos"].get(video_id)
+        if entry is None:
+            return "not in manifest"
+        path = self.path(video_id)
+        if n_frames is not None and entry["n_frames"] != n_frames:
+            return f"manifest has {entry['n_frames']} frames, expected {n_frames}"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"file {path} missing"
+        if size != entry["bytes"]:
+            return f"file {path} has {size} bytes, manifest says {entry['bytes']}"
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            return f"file {path} unreadable: {e}"
+        expect = (entry["n_frames"], self.feature_dim)
+        if arr.shape != expect or arr.dtype != FEATURE_DTYPE:
+            return f"file {path} holds {arr.dtype} {arr.shape}, expected float16 {expect}"
+        if deep and _crc32_file(path) != entry["crc32"]:
+            return f"file {path} fails its CRC-32 check"
+        return None
+
+    def has(self, video_id: str, n_frames: int | None = None, deep: bool = False) -> bool:
+        """True when a valid entry for ``video_id`` (with ``n_frames`` frames, if given) exists."""
+        return self.check(video_id, n_frames, deep) is None
+
+    # -- read / write ----------------------------------------------------------------------
+    def load_features(self, video_id: str) -> np.memmap:
+        """Features [T, D] float16, memory-mapped read-only. Raises KeyError / ValueError."""
+        reason = self.check(video_id)
+        if reason is not None:
+            if video_id not in self._manifest["videos"]:
+                raise KeyError(f"no features for video {video_id!r} in cache {self.dir}")
+            raise ValueError(f"cache entry of video {video_id!r} is invalid: {reason}; "
+                             "run the extraction again to rebuild it")
+        return np.load(self.path(video_id), mmap_mode="r")
+
+    def write(self, video_id: str, features: np.ndarray) -> Path:
+        """Store features [T, D] (cast to float16) atomically, then record them in the manifest."""
+        feats = np.ascontiguousarray(features, dtype=FEATURE_DTYPE)
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            raise ValueError(f"features of {video_id!r} must be [T, D] with T >= 1, got {feats.shape}")
+        dim = self.feature_dim
+        if dim is not None and feats.shape[1] != dim:
+            raise ValueError(f"features of {video_id!r} have D={feats.shape[1]}, cache holds D={dim}")
+        path = self.path(video_id)
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                np.save(f, feats)
+
+        atomic_write_with(path, save)
+        self._manifest["feature_dim"] = int(feats.shape[1])
+        self._manifest["videos"][video_id] = {
+            "n_frames": int(feats.shape[0]), "bytes": path.stat().st_size,
+            "crc32": _crc32_file(path)}
+        atomic_write_json(self.manifest_path, self._manifest)
+        return path
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files a killed writer left behind (one writer per cache folder assumed)."""
+        stale = [p for p in self.dir.glob(".*.tmp")] if self.dir.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def forget(self, video_id: str) -> None:
+        """Drop an entry (the file is replaced on the next write)."""
+        if self._manifest["videos"].pop(video_id, None) is not None:
+            atomic_write_json(self.manifest_path, self._manifest)
+
+
+# -- extraction --------------------------------------------------------------------------------
+
+def _encode_batches(paths: Sequence[Path], encoder, batch_size: int, device, num_threads: int,
+                    backend: str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Yield (index [B], features [B, D] float16) for ``paths`` in order through the encoder."""
+    import torch
+
+    from affaccel.nn.clip import autocast
+    from affaccel.video.frames import FrameLoader
+
+    loader = FrameLoader(
+        [str(p) for p in paths], labels=None, batch_size=batch_size, image_size=encoder.image_size,
+        mean=encoder.mean, std=encoder.std, device=str(device), train=False,
+        num_threads=num_threads, backend=backend)
+    with torch.inference_mode(), autocast(device, encoder.config.precision):
+        for batch in loader:
+            feats = encoder(batch["images"].to(device, non_blocking=True))
+            yield (batch["index"].cpu().numpy().astype(np.int64),
+                   feats.to(torch.float16).cpu().numpy())
+
+
+class _Assembler:
+    """Places batch rows into per-video buffers and flushes each video once it is complete."""
+
+    def __init__(self, records: Sequence[Any], cache: FeatureCache,
+                 on_video_done: Callable[[str], None] | None):
+        self.records = records
+        self.cache = cache
+        self.on_video_done = on_video_done
+        lengths = np.array([r.n_frames for r in records], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.buffers: dict[int, np.ndarray] = {}
+        self.filled = np.zeros(len(records), dtype=np.int64)
+        self.done: list[str] = []
+
+    def add(self, index: np.ndarray, feats: np.ndarray) -> int:
+        vids = np.searchsorted(self.starts, index, side="right") - 1
+        for v in np.unique(vids):
+            rows = vids == v
+            buf = self.buffers.get(v)
+            if buf is None:
+                buf = self.buffers[v] = np.zeros((self.records[v].n_frames, feats.shape[1]),
+                                                 dtype=FEATURE_DTYPE)
+            buf[index[rows] - self.starts[v]] = feats[rows]
+            self.filled[v] += int(rows.sum())
+            if self.filled[v] == self.records[v].n_frames:
+                self._flush(int(v))
+        return len(index)
+
+    def _flush(self, v: int) -> None:
+        vid = self.records[v].video_id
+        self.cache.write(vid, self.buffers.pop(v))
+        self.done.append(vid)
+        if self.on_video_done is not None:
+            self.on_video_done(vid)
+
+
+def _validate_record(r: Any) -> None:
+    n = r.n_frames
+    if n < 1 or len(r.frame_paths) != n:
+        raise ValueError(f"video {r.video_id!r}: {len(r.frame_paths)} frame paths for "
+                         f"n_frames={n} (expected one path per frame, n_frames >= 1)")
+
+
+def extract_features(records: Sequence[Any], encoder, cache: FeatureCache, batch_size: int = 256,
+                     device: str = "cpu", progress: bool = True, num_threads: int = 2,
+                     backend: str = "auto", on_video_done: Callable[[str], None] | None = None,
+                     verify: bool = False) -> dict:
+    """Run every frame of every video through ``encoder`` in frame order into ``cache``.
+
+    Args:
+        records: VideoRecord-like objects with ``video_id``, ``n_frames`` and ``frame_paths``
+            (len n_frames; a missing frame already points at a neighbour's file, so its feature is
+            the neighbour's, and ``frame_present`` masks it downstream).
+        encoder: ClipEncoder; its ``image_size``/``mean``/``std`` drive the frame pipeline.
+        cache: FeatureCache of this encoder (``FeatureCache.for_encoder``).
+        device: "cpu" or "cuda[:i]"; bf16 autocast on GPU unless the encoder's precision says fp32.
+        on_video_done: called with each video id right after its features are stored.
+        verify: also CRC-check existing entries before skipping them (reads every cached byte).
+
+    Returns {"extracted": [ids], "skipped": [ids], "failed": {id: error}, "frames": int}.
+    Videos already in the cache are skipped, so an interrupted run resumes where it stopped.
+    A video whose frames cannot be read is reported in "failed" and the others go on.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if encoder.identity() != cache.encoder_identity:
+        raise ValueError("extract_features: the cache belongs to another encoder "
+                         f"(cache {cache.encoder_identity}, encoder {encoder.identity()})")
+    seen: set[str] = set()
+    for r in records:
+        if r.video_id in seen:
+            raise ValueError(f"video id {r.video_id!r} appears twice in the records")
+        seen.add(r.video_id)
+        _validate_record(r)
+    pending, skipped = [], []
+    for r in records:
+        reason = cache.check(r.video_id, r.n_frames, deep=verify)
+        if reason is None:
+            skipped.append(r.video_id)
+        else:
+            if reason != "not in manifest":
+                log.warning("rebuilding features of %s: %s", r.video_id, reason)
+            pending.append(r)
+    result = {"extracted": [], "skipped": skipped, "failed": {}, "frames": 0}
+    if not pending:
+        return result
+    cache.remove_stale_temp_files()
+
+    device = torch.device(device)
+    encoder = encoder.eval().to(device)
+    total = sum(r.n_frames for r in pending)
+    bar = tqdm(total=total, unit="frame", desc="extract", disable=not progress)
+    try:
+        asm = _Assembler(pending, cache, on_video_done)
+        try:
+            paths = [p for r in pending for p in r.frame_paths]
+            for index, feats in _encode_batches(paths, encoder, batch_size, device, num_threads,
+                                                backend):
+                bar.update(asm.add(index, feats))
+        except (OSError, RuntimeError, ValueError) as e:
+            # One unreadable frame stops a pipeline over all videos; redo the unfinished videos
+            # one by one so a bad video is reported and the others still get their features.
+            log.warning("extraction over all videos failed (%s); retrying video by video", e)
+            for r in pending:
+                if r.video_id in asm.done:
+                    continue
+                try:
+                    one = _Assembler([r], cache, on_video_done)
+                    for index, feats in _encode_batches(r.frame_paths, encoder, batch_size,
+                                                        device, num_threads, backend):
+                        one.add(index, feats)
+                    if not one.done:
+                        raise RuntimeError(f"frame pipeline returned {one.filled[0]} of "
+                                           f"{r.n_frames} frames")
+                    asm.done.append(r.video_id)
+                    bar.update(r.n_frames)
+                except (OSError, RuntimeError, ValueError) as err:
+                    result["failed"][r.video_id] = f"{type(err).__name__}: {err}"
+                    log.error("video %s: features not extracted: %s", r.video_id, err)
+    finally:
+        bar.close()
+    incomplete = [r.video_id for r in pending
+                  if r.video_id not in asm.done and r.video_id not in result["failed"]]
+    for vid in incomplete:
+        result["failed"][vid] = "frame pipeline ended before all frames of this video were seen"
+    result["extracted"] = list(asm.done)
+    result["frames"] = sum(r.n_frames for r in pending if r.video_id in set(asm.done))
+    return result
+
+
+__all__ = ["FeatureCache", "extract_features", "cache_key"]
