@@ -115,13 +115,13 @@ class _Pose:
         self.cy_, self.sy_ = np.cos(st.yaw), np.sin(st.yaw)
         self.depth = yaw_depth
 
-    def px(self, pts: np.ndarray, flat: bool = False) -> np.ndarray:
+    def px(self, pts: np.ndarray, flat=False) -> np.ndarray:
+        """pts: [N, 2] face coordinates; flat: bool or bool [N] (outline points: no depth)."""
         u, v = pts[:, 0], pts[:, 1]
-        if flat:
-            uu = u * self.cy_
-        else:   # points on the front of the head move more under yaw than the outline
-            z = 1.0 - (u * (1 / 1.1)) ** 2 - (v * (1 / 1.6)) ** 2
-            uu = u * self.cy_ + np.sqrt(np.maximum(z, 0.0)) * (self.depth * self.sy_)
+        # points on the front of the head move more under yaw than the outline does
+        z = np.sqrt(np.maximum(1.0 - (u * (1 / 1.1)) ** 2 - (v * (1 / 1.6)) ** 2, 0.0))
+        z = np.where(flat, 0.0, z)
+        uu = u * self.cy_ + z * (self.depth * self.sy_)
         out = np.empty(pts.shape, np.float64)
         k = self.s * _ONE
         out[:, 0] = (self.cx * _ONE + 0.5) + k * (uu * self.cr - v * self.sr)
@@ -138,6 +138,43 @@ def _ellipse(cx, cy, rx, ry) -> np.ndarray:
     return _CS * (rx, ry) + (cx, cy)
 
 
+class _DrawList:
+    """Shapes of one face in face coordinates, projected in ONE batched call at the end.
+
+    Projecting each of the ~25 shapes separately costs more NumPy call overhead than drawing.
+    """
+
+    def __init__(self):
+        self.shapes = []      # (kind, n points, colour, thickness, closed, silhouette)
+        self.pts = []
+        self.flat = []
+
+    def fill(self, pts, colour, flat=False, silhouette=False):
+        self.shapes.append(("fill", len(pts), colour, 0, False, silhouette))
+        self.pts.append(pts)
+        self.flat.append(flat)
+
+    def line(self, pts, colour, thick, closed=False):
+        self.shapes.append(("line", len(pts), colour, max(1, int(round(thick))), closed, False))
+        self.pts.append(pts)
+        self.flat.append(False)
+
+    def draw(self, img, alpha, pose: "_Pose") -> None:
+        lengths = [s[1] for s in self.shapes]
+        flat = np.repeat(np.array(self.flat), lengths)
+        px = pose.px(np.concatenate(self.pts), flat=flat)
+        start = 0
+        for (kind, n, colour, thick, closed, sil), in zip(self.shapes):
+            p = px[start:start + n]
+            start += n
+            if kind == "fill":
+                _fill(img, p, colour)
+                if sil and alpha is not None:
+                    _fill(alpha, p, 255)
+            else:
+                cv2.polylines(img, [p], closed, colour, thick, _LINE, _SHIFT)
+
+
 def _fill(img, pts, colour):
     cv2.fillPoly(img, [pts], colour, _LINE, _SHIFT)
 
@@ -148,17 +185,29 @@ def _line(img, pts, colour, thick):
 
 def _head_outline(idt: Identity, jaw_drop: float) -> np.ndarray:
     """Skull ellipse on top, narrowing to the jaw; the chin moves down with AU26."""
-    t = np.linspace(np.pi, 2 * np.pi, 16)                    # upper half (v < 0)
-    top = np.stack([idt.head_w * np.cos(t), idt.head_h * 0.85 * np.sin(t) + 0.05], 1)
-    t2 = np.linspace(0, np.pi, 16)
+    top = _CS_TOP * (idt.head_w, idt.head_h * 0.85) + (0.0, 0.05)      # upper half (v < 0)
     low_h = idt.head_h + 0.16 * jaw_drop
-    w = idt.head_w * (idt.jaw_w + (1 - idt.jaw_w) * np.abs(np.cos(t2)) ** 0.7)
-    bottom = np.stack([w * np.cos(t2), low_h * np.sin(t2) * 0.92 + 0.05], 1)
+    w = idt.head_w * (idt.jaw_w + (1 - idt.jaw_w) * _JAW_SHAPE)
+    bottom = np.stack([w * _CS_BOT[:, 0], low_h * _CS_BOT[:, 1] * 0.92 + 0.05], 1)
     return np.concatenate([top, bottom])
 
 
+_T_TOP = np.linspace(np.pi, 2 * np.pi, 16)
+_CS_TOP = np.stack([np.cos(_T_TOP), np.sin(_T_TOP)], 1)
+_T_BOT = np.linspace(0, np.pi, 16)
+_CS_BOT = np.stack([np.cos(_T_BOT), np.sin(_T_BOT)], 1)
+_JAW_SHAPE = np.abs(np.cos(_T_BOT)) ** 0.7
+
+
 def _hair(idt: Identity) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(behind-the-head polygon, on-top polygon) of the hair style."""
+    """(behind-the-head polygon, on-top polygon) of the hair style (cached on the identity)."""
+    cached = idt.__dict__.get("_hair_cache")
+    if cached is None:
+        cached = idt.__dict__["_hair_cache"] = _hair_polygons(idt)
+    return cached
+
+
+def _hair_polygons(idt: Identity) -> tuple[np.ndarray | None, np.ndarray]:
     w, h = idt.head_w, idt.head_h
     t = np.linspace(np.pi, 2 * np.pi, 18)
     back = None
@@ -177,7 +226,7 @@ def _hair(idt: Identity) -> tuple[np.ndarray | None, np.ndarray | None]:
     return back, np.concatenate([outer, inner])
 
 
-def _eyes(img, pose, idt: Identity, st: FaceState, skin_dark):
+def _eyes(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
     arousal01 = 0.5 * (st.arousal + 1.0)
     # arousal widens the eyes; AU7 tightens the lids; AU6 pushes the lower lid up; blinks close.
@@ -189,27 +238,26 @@ def _eyes(img, pose, idt: Identity, st: FaceState, skin_dark):
         lower_lift = 0.03 * a[AU6]
         if opening < 0.012:
             pts = np.stack([ex + _S * idt.eye_w, ey + 0.01 * (1 - _S ** 2)], 1)
-            _line(img, pose.px(pts), (30, 25, 25), pose.s * 0.03)
+            d.line(pts, (30, 25, 25), pose.s * 0.03)
             continue
-        _fill(img, pose.px(_ellipse(ex, ey - lower_lift * 0.5, idt.eye_w, opening)),
-              (238, 236, 230))
+        d.fill(_ellipse(ex, ey - lower_lift * 0.5, idt.eye_w, opening), (238, 236, 230))
         r = min(0.062, opening * 0.95)
-        _fill(img, pose.px(_ellipse(ex, ey - lower_lift * 0.5, r, r)), idt.iris)
-        _fill(img, pose.px(_ellipse(ex, ey - lower_lift * 0.5, r * 0.45, r * 0.45)), (15, 12, 12))
+        d.fill(_ellipse(ex, ey - lower_lift * 0.5, r, r), idt.iris)
+        d.fill(_ellipse(ex, ey - lower_lift * 0.5, r * 0.45, r * 0.45), (15, 12, 12))
         # upper lid line; AU7 makes it heavier (tight lids)
         lid = np.stack([ex + _S * idt.eye_w * 1.05,
                         ey - lower_lift * 0.5 - opening * np.sqrt(1 - _S ** 2) * 1.02], 1)
-        _line(img, pose.px(lid), (35, 28, 28), pose.s * (0.025 + 0.03 * a[AU7]))
+        d.line(lid, (35, 28, 28), pose.s * (0.025 + 0.03 * a[AU7]))
         if a[AU7] > 0.05:   # tight lower lid line
             low = np.stack([ex + _S * idt.eye_w,
                             ey + opening * np.sqrt(1 - _S ** 2) * 0.9 - lower_lift], 1)
-            _line(img, pose.px(low), skin_dark, pose.s * 0.03 * a[AU7] + 1)
+            d.line(low, skin_dark, pose.s * 0.03 * a[AU7] + 1)
         if idt.glasses:
-            cv2.polylines(img, [pose.px(_ellipse(ex, ey, idt.eye_w * 1.35, 0.16))], True,
-                          (30, 30, 35), max(1, int(pose.s * 0.035)), _LINE, _SHIFT)
+            d.line(_ellipse(ex, ey, idt.eye_w * 1.35, 0.16), (30, 30, 35), pose.s * 0.035,
+                   closed=True)
 
 
-def _brows(img, pose, idt: Identity, st: FaceState, skin_dark):
+def _brows(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
     base = -0.05 - idt.brow_gap - 0.04 * st.arousal + st.brow_jitter
     for side in (-1, 1):
@@ -223,39 +271,39 @@ def _brows(img, pose, idt: Identity, st: FaceState, skin_dark):
         y = inner_y + (outer_y - inner_y) * s - 0.05 * np.sin(np.pi * s)
         t = idt.brow_thick * (1.0 - 0.4 * s)
         pts = np.concatenate([np.stack([x, y - t / 2], 1), np.stack([x, y + t / 2], 1)[::-1]])
-        _fill(img, pose.px(pts), idt.brow_color)
+        d.fill(pts, idt.brow_color)
     if a[AU4] > 0.1:   # glabella furrows between lowered brows
         for side in (-1, 1):
             pts = np.array([[side * 0.06, -0.32], [side * 0.045, -0.18]])
-            _line(img, pose.px(pts), skin_dark, pose.s * 0.025 * a[AU4] + 0.5)
+            d.line(pts, skin_dark, pose.s * 0.025 * a[AU4] + 0.5)
 
 
-def _cheeks(img, pose, idt: Identity, st: FaceState, cheek_col):
+def _cheeks(d, pose, idt: Identity, st: FaceState, cheek_col):
     # AU6 (cheek raiser): round cheeks rise and bulge.
     a6 = st.au[AU6]
     if a6 < 0.05:
         return
     for side in (-1, 1):
         e = _ellipse(side * 0.52, 0.28 - 0.1 * a6, 0.17 + 0.05 * a6, 0.1 + 0.04 * a6)
-        _fill(img, pose.px(e), cheek_col)
+        d.fill(e, cheek_col)
 
 
-def _nose(img, pose, idt: Identity, st: FaceState, skin_dark):
+def _nose(d, pose, idt: Identity, st: FaceState, skin_dark):
     n = idt.nose_len
-    _line(img, pose.px(np.array([[0.02, 0.0], [0.05, 0.1 + n * 0.6], [0.0, 0.13 + n * 0.75]])),
+    d.line(np.array([[0.02, 0.0], [0.05, 0.1 + n * 0.6], [0.0, 0.13 + n * 0.75]]),
           skin_dark, pose.s * 0.03)
     for side in (-1, 1):
-        _fill(img, pose.px(_ellipse(side * 0.07, 0.1 + n * 0.78, 0.035, 0.02)), skin_dark)
+        d.fill(_ellipse(side * 0.07, 0.1 + n * 0.78, 0.035, 0.02), skin_dark)
     # nasolabial folds deepen with AU10 (upper lip raiser), a little with AU12 and AU6
     depth = st.au[AU10] + 0.4 * st.au[AU12]
     if depth > 0.1:
         for side in (-1, 1):
             pts = np.array([[side * 0.14, 0.1 + n * 0.7], [side * 0.27, 0.32 + n * 0.3],
                             [side * 0.3, 0.52 + n * 0.2]])
-            _line(img, pose.px(pts), skin_dark, pose.s * 0.022 * depth + 0.5)
+            d.line(pts, skin_dark, pose.s * 0.022 * depth + 0.5)
 
 
-def _mouth(img, pose, idt: Identity, st: FaceState):
+def _mouth(d, pose, idt: Identity, st: FaceState):
     a = st.au
     v = st.valence
     arousal_pos = max(st.arousal, 0.0)
@@ -275,17 +323,17 @@ def _mouth(img, pose, idt: Identity, st: FaceState):
     up_out = up_in - (lip + lift) * bulge ** 0.7 + 0.012 * np.cos(np.pi * _S * 2) * bulge
     lo_out = lo_in + lip * 1.25 * bulge ** 0.7
     outer = np.concatenate([np.stack([x, up_out], 1), np.stack([x, lo_out], 1)[::-1]])
-    _fill(img, pose.px(outer), idt.lip)
+    d.fill(outer, idt.lip)
     if gap > 0.008:
         inner = np.concatenate([np.stack([x * 0.95, up_in], 1), np.stack([x * 0.95, lo_in], 1)[::-1]])
-        _fill(img, pose.px(inner), (55, 18, 22))
+        d.fill(inner, (55, 18, 22))
         if gap > 0.03:   # upper teeth
             teeth = np.concatenate([np.stack([x * 0.7, up_in + 0.004], 1),
                                     np.stack([x * 0.7, up_in + 0.35 * gap * bulge], 1)[::-1]])
-            _fill(img, pose.px(teeth), (235, 232, 220))
+            d.fill(teeth, (235, 232, 220))
     else:
         line_col = tuple(c * 0.55 for c in idt.lip)
-        _line(img, pose.px(np.stack([x, mid], 1)), line_col, pose.s * (0.02 + 0.02 * a[AU24]))
+        d.line(np.stack([x, mid], 1), line_col, pose.s * (0.02 + 0.02 * a[AU24]))
 
 
 def render_face(idt: Identity, st: FaceState, size: int = 112,
@@ -301,31 +349,26 @@ def render_face(idt: Identity, st: FaceState, size: int = 112,
     img = np.zeros((size, size, 3), np.uint8) if canvas is None else canvas
     alpha = np.zeros((size, size), np.uint8) if canvas is None else None
     pose = _Pose(st, size)
+    d = _DrawList()
     skin = idt.skin
     skin_dark = tuple(c * 0.72 for c in skin)
     cheek = (min(255.0, skin[0] * 1.02 + 12), skin[1] * 0.9, skin[2] * 0.88)
 
-    def silhouette(pts, colour):
-        p = pose.px(pts, flat=True)
-        _fill(img, p, colour)
-        if alpha is not None:
-            _fill(alpha, p, 255)
-
     back, top = _hair(idt)
     if back is not None:
-        silhouette(back, idt.hair)
-    silhouette(_NECK, skin_dark)
-    silhouette(_head_outline(idt, st.au[AU26]), skin)
+        d.fill(back, idt.hair, flat=True, silhouette=True)
+    d.fill(_NECK, skin_dark, flat=True, silhouette=True)
+    d.fill(_head_outline(idt, st.au[AU26]), skin, flat=True, silhouette=True)
     for side in (-1, 1):   # ears
-        _fill(img, pose.px(_ellipse(side * idt.head_w * 0.98, 0.02, 0.09, 0.17), flat=True),
-              skin_dark)
-    silhouette(top, idt.hair)
+        d.fill(_ellipse(side * idt.head_w * 0.98, 0.02, 0.09, 0.17), skin_dark, flat=True)
+    d.fill(top, idt.hair, flat=True, silhouette=True)
 
-    _cheeks(img, pose, idt, st, cheek)
-    _eyes(img, pose, idt, st, skin_dark)
-    _brows(img, pose, idt, st, skin_dark)
-    _nose(img, pose, idt, st, skin_dark)
-    _mouth(img, pose, idt, st)
+    _cheeks(d, pose, idt, st, cheek)
+    _eyes(d, pose, idt, st, skin_dark)
+    _brows(d, pose, idt, st, skin_dark)
+    _nose(d, pose, idt, st, skin_dark)
+    _mouth(d, pose, idt, st)
+    d.draw(img, alpha, pose)
     if st.occluder is not None:
         draw_occluder(img, alpha, st.occluder, size)
     return img, alpha
@@ -366,11 +409,11 @@ def background(idt: Identity, size: int) -> np.ndarray:
 
 
 def light_map(rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
-    """Directional lighting gain [S, S, 1] float32: 1 +/- strength across the image."""
+    """Directional lighting gain [S, S, 3] float32: 1 +/- strength across the image."""
     ang = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1) - 0.5
     g = 1.0 + strength * 2 * (np.cos(ang) * xx + np.sin(ang) * yy)
-    return g[..., None].astype(np.float32)
+    return np.repeat(g[..., None], 3, axis=2).astype(np.float32)
 
 
 def composite_u8(rgb: np.ndarray, alpha: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -380,17 +423,32 @@ def composite_u8(rgb: np.ndarray, alpha: np.ndarray, base: np.ndarray) -> np.nda
     return (b + a * (rgb.astype(np.float32) - b) + 0.5).astype(np.uint8)
 
 
+class NoiseBank:
+    """Unit-variance Gaussian noise fields [K, S, S, 3] float32, drawn once per video.
+
+    Drawing 37k normals costs ~1 ms, longer than rendering a frame, so each frame takes a field
+    of the bank at random (with a random flip): 4K variants, reused rarely enough to stay noise.
+    """
+
+    def __init__(self, rng: np.random.Generator, size: int, k: int = 16):
+        self.fields = rng.standard_normal((k, size, size, 3), dtype=np.float32)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        i, flip = int(rng.integers(len(self.fields))), int(rng.integers(4))
+        f = self.fields[i]
+        return f[::-1 if flip & 1 else 1, ::-1 if flip & 2 else 1]
+
+
 def finish_crop(img: np.ndarray, light: np.ndarray, noise_sigma: float, blur_sigma: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """Lighting gain map (float32 [S,S,1]) + optional Gaussian blur + sensor noise.
+                rng: np.random.Generator, bank: NoiseBank) -> np.ndarray:
+    """Lighting gain map (float32 [S,S,3]) + optional Gaussian blur + sensor noise.
 
     img: uint8 [S, S, 3] (face drawn on its background) -> uint8 [S, S, 3].
     """
-    f = img.astype(np.float32)
-    f *= light
+    f = cv2.multiply(img, light, dtype=cv2.CV_32F)
     if blur_sigma > 0:
         f = cv2.GaussianBlur(f, (0, 0), blur_sigma)
     if noise_sigma > 0:
-        f += rng.standard_normal(f.shape, dtype=np.float32) * np.float32(noise_sigma)
+        f = cv2.scaleAdd(np.ascontiguousarray(bank.draw(rng)), float(noise_sigma), f)
     np.clip(f, 0, 255, out=f)
     return f.astype(np.uint8)

@@ -282,13 +282,11 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([seed, *key])
 
 
-def _make_source(job: _SourceJob) -> dict:
-    """Render and write one source video (one or two annotated faces). Returns its manifest."""
-    import cv2
-
+def _faces(job: _SourceJob) -> list[dict]:
+    """Identity, labels and nuisances of each face of a source video (no rendering)."""
     from affaccel.data import _render as R
 
-    out, n, size = Path(job.out), job.n_frames, job.image_size
+    n, size = job.n_frames, job.image_size
     faces = []
     for k, vid in enumerate(job.videos):
         rng = _rng(job.seed, job.index, k, 0)
@@ -299,7 +297,47 @@ def _make_source(job: _SourceJob) -> dict:
         bad = {t: _unannotated(rng, n) for t in TASKS}
         faces.append(dict(id=vid, idt=idt, track=track, missing=missing, tasks=tasks, bad=bad,
                           light=R.light_map(rng, size, rng.uniform(0.05, 0.3)),
-                          bg=R.background(idt, size), rng=_rng(job.seed, job.index, k, 1)))
+                          bg=R.background(idt, size), rng=_rng(job.seed, job.index, k, 1),
+                          bank=R.NoiseBank(_rng(job.seed, job.index, k, 2), size)))
+    return faces
+
+
+def _jobs(out, seed, plan, image_size, video_size) -> list[_SourceJob]:
+    return [_SourceJob(str(out), seed, p["index"], p["source"], p["videos"], p["split"],
+                       p["n_frames"], image_size, p["raw"], tuple(video_size), p["force_leading"],
+                       p["all_tasks"]) for p in plan]
+
+
+def reference_labels(root: str | os.PathLike) -> dict[str, dict]:
+    """The generator's own labels of a synthetic set, recomputed from its manifest (no files read
+    but synthetic.json): video -> dict(split, source_video, n_frames, tasks, va [T,2] float64,
+    expr [T] int64, au [T,12] int64, au_intensity [T,12], unannotated {task: bool [T]},
+    missing bool [T]). Tests compare the reader's output with this, exactly.
+    """
+    m = json.loads((Path(root) / MANIFEST).read_text())
+    prm = m["params"]
+    plan = _plan(prm["n_train"], prm["n_val"], tuple(prm["n_frames"]), m["seed"],
+                 _parse_raw_spec(prm["raw_videos"]))
+    out = {}
+    for job in _jobs(root, m["seed"], plan, m["image_size"], m["video_size"]):
+        for f in _faces(job):
+            tr = f["track"]
+            out[f["id"]] = dict(split=job.split, source_video=job.source, n_frames=job.n_frames,
+                                tasks=f["tasks"], va=tr.va, expr=tr.expr, au=tr.au,
+                                au_intensity=tr.au_int, missing=f["missing"],
+                                unannotated={t: f["bad"][t] for t in f["tasks"]})
+    return out
+
+
+def _make_source(job: _SourceJob) -> dict:
+    """Render and write one source video (one or two annotated faces). Returns its manifest."""
+    import cv2
+
+    from affaccel.data import _render as R
+
+    cv2.setNumThreads(1)   # parallelism is across videos; OpenCV's own threads only contend
+    out, n, size = Path(job.out), job.n_frames, job.image_size
+    faces = _faces(job)
 
     for f in faces:
         for task in f["tasks"]:
@@ -322,7 +360,7 @@ def _make_source(job: _SourceJob) -> dict:
             else:
                 canvas, _ = R.render_face(f["idt"], st, size, canvas=f["bg"].copy())
             crop = R.finish_crop(canvas, f["light"] * np.float32(tr.gain[t]), tr.noise[t],
-                                 tr.blur[t], f["rng"])
+                                 tr.blur[t], f["rng"], f["bank"])
             if not f["missing"][t]:
                 ok, buf = cv2.imencode(".jpg", crop[..., ::-1], jpeg)
                 (out / "cropped_aligned" / f["id"] / f"{t + 1:05d}.jpg").write_bytes(buf.tobytes())
@@ -522,10 +560,7 @@ def generate(out: str | os.PathLike, *, n_train: int = 20, n_val: int = 6,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        jobs = [_SourceJob(str(tmp), seed, p["index"], p["source"], p["videos"], p["split"],
-                           p["n_frames"], image_size, p["raw"], (W, H), p["force_leading"],
-                           p["all_tasks"]) for p in plan]
-        metas = _run_jobs(jobs, workers, progress)
+        metas = _run_jobs(_jobs(tmp, seed, plan, image_size, (W, H)), workers, progress)
         manifest = dict(
             format="affaccel-synthetic", version=VERSION, preset=preset, seed=seed, fps=FPS,
             image_size=image_size, video_size=[W, H],
