@@ -17,7 +17,7 @@ def photo():
 
 @pytest.fixture(scope="module")
 def detector():
-    return HaarFaceDetector()
+    return HaarFaceDetector(box_scale=1.0, box_shift_y=0.0)    # the cascade's tight boxes
 
 
 def test_finds_the_face_in_a_portrait(photo, detector):
@@ -59,3 +59,13 @@ def test_accepts_torch_tensors(photo, detector):
 
     np.testing.assert_array_equal(detector.detect(torch.from_numpy(photo[None]))[0],
                                   detector.detect_one(photo))
+
+
+def test_crop_convention_boxes_are_scaled_and_shifted_tight_boxes(photo, detector):
+    from affaccel.faces.detector import to_crop_boxes
+
+    tight = detector.detect_one(photo)
+    crop = HaarFaceDetector(box_scale=1.5, box_shift_y=-0.1).detect_one(photo)
+    np.testing.assert_allclose(crop[:, :4], to_crop_boxes(tight[:, :4], 1.5, -0.1))
+    x, y, w, h = tight[0, :4]
+    np.testing.assert_allclose(crop[0, :4], [x - w / 4, y - h / 4 - 0.1 * w, 1.5 * w, 1.5 * h])

@@ -88,6 +88,7 @@ def test_real_detector_follows_a_moving_face():
     from PIL import Image
 
     from affaccel.faces.boxes import box_iou
+    from affaccel.faces.detector import HaarFaceDetector
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         face = np.asarray(Image.open(f).convert("RGB").resize((128, 150)))
@@ -97,6 +98,6 @@ def test_real_detector_follows_a_moving_face():
         x = 20 + 30 * i
         frames[i, 40:190, x:x + 128] = face
         truth.append([x + 40, 40 + 27.5, 55, 55])          # face box scaled from 512x600
-    out = FaceTracker(smoothing=1.0).track([frames[:3], frames[3:]])
+    out = FaceTracker(HaarFaceDetector(box_scale=1.0, box_shift_y=0.0), smoothing=1.0).track([frames[:3], frames[3:]])
     assert (out.ids == 0).all()
     assert np.nanmin(box_iou(out.boxes, truth)) > 0.5
