@@ -421,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tcn", action="store_true", help="ablation: drop the TCN")
     p.add_argument("--no-transformer", action="store_true", help="ablation: drop the Transformer")
     p.add_argument("--no-finetune", action="store_true", help="ablation: features of the non-fine-tuned encoder")
+    p.add_argument("--pretrained", default="auto",
+                   help="open_clip weights tag for the encoder ('none' = random init); auto: 'openai' "
+                        "with the paper preset, random init with the cpu/tiny presets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -441,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      device=args.device, class_weights=args.class_weights, model=model or None)
     job = pipeline.JobSpec(task=args.task, data_root=args.data_root, run_dir=args.run_dir, resume=args.resume,
                            preset=args.preset, synthetic=args.synthetic, finetune=not args.no_finetune,
+                           pretrained=None if args.pretrained == "none" else args.pretrained,
                            overrides=overrides, progress=not args.quiet)
     if args.folds and args.folds > 1:
         pipeline.run_folds(job, args.folds)

@@ -1,0 +1,247 @@
+"""The main job: every stage ``python -m affaccel.train`` needs, each cached.
+
+    data (built-in synthetic set unless --data-root)  ->  stage 1: fine-tune CLIP (cached by
+    config + training videos)  ->  stage 2: features of every frame (feature cache, keyed by the
+    encoder's weights)  ->  stage 3: temporal model  ->  bundle + final_metrics.json + table
+
+A rerun finds the synthetic set, the fine-tuned checkpoint and the features in
+``AFFACCEL_HOME`` and goes straight to stage 3. With no GPU and no ``--data-root`` the CPU
+presets are used (tiny CLIP, small temporal model); ``--data-root`` selects the paper's
+configuration (ViT-B-16 from open_clip's "openai" weights, paper settings everywhere).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from affaccel import io_utils
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    task: str = "va"                      # va / expr / au
+    data_root: Path | None = None         # Aff-Wild2-format root; None = built-in synthetic set
+    run_dir: Path | None = None           # None = AFFACCEL_HOME/runs/<task>-<time>
+    resume: bool = False                  # continue the temporal stage from run_dir/last.pt
+    preset: str | None = None             # paper / cpu / tiny; None = paper with a GPU or a data root
+    synthetic: str = "default"            # synthetic set size when data_root is None
+    finetune: bool = True                 # False: features of the non-fine-tuned encoder (ablation)
+    pretrained: str | None = "auto"       # CLIP weights tag; auto = "openai" for the paper preset
+    overrides: dict = field(default_factory=dict)  # TrainConfig overrides (None values ignored)
+    progress: bool = True
+    quiet_table: bool = False             # do not print the final table
+
+
+def resolve_preset(job: JobSpec) -> str:
+    import torch
+
+    if job.preset:
+        return job.preset
+    return "paper" if (torch.cuda.is_available() or job.data_root is not None) else "cpu"
+
+
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------- stage 0: data
+def load_dataset(job: JobSpec):
+    """(root, AffWild2) for the job: the given root, or the synthetic set (generated once)."""
+    from affaccel.data.affwild2 import load_affwild2
+
+    if job.data_root is not None:
+        root = Path(job.data_root)
+    else:
+        from affaccel.data.synthetic import ensure_synthetic
+
+        t0 = time.perf_counter()
+        root = Path(ensure_synthetic(job.synthetic, progress=job.progress))
+        log.info("synthetic set %s ready in %.1fs", root, time.perf_counter() - t0)
+    return root, load_affwild2(root, tasks=("va", "expr", "au"), splits=("train", "val"),
+                               lenient=job.data_root is not None)
+
+
+# ----------------------------------------------------------------------------- stage 1: CLIP
+def finetune_config(preset: str, pretrained: str | None):
+    """FinetuneConfig of a preset; the tiny preset is the CPU one cut to seconds (tests)."""
+    from affaccel.finetune import cpu_preset, paper_preset
+
+    if preset == "paper":
+        cfg = paper_preset()
+        tag = "openai" if pretrained == "auto" else pretrained
+        return dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, pretrained=tag))
+    cfg = cpu_preset()
+    if pretrained not in ("auto", None):
+        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, pretrained=pretrained))
+    if preset == "tiny":
+        cfg = dataclasses.replace(cfg, epochs=1, batch_size=32, frame_stride=6, val_frame_stride=6)
+    return cfg
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: str | None,
+                  progress: bool, tag: str = ""):
+    """The encoder whose features the temporal model reads.
+
+    finetune=True: fine-tune on the records' "train" split (validated on "val"), cached under
+    AFFACCEL_HOME/finetune/<hash of config + videos>, so a rerun only loads the checkpoint.
+    finetune=False: the encoder as fine-tuning would start it (pretrained or random init).
+    """
+    from affaccel import env
+    from affaccel.config import to_dict
+    from affaccel.finetune import finetune as run_finetune
+    from affaccel.nn.clip import build_encoder, load_encoder_checkpoint
+
+    cfg = finetune_config(preset, pretrained)
+    if not finetune:
+        return build_encoder(cfg.clip).eval()
+    key = _digest({"cfg": to_dict(cfg), "videos": sorted((r.video_id, r.split, r.n_frames) for r in records),
+                   "tag": tag})
+    out = env.home() / "finetune" / f"{cfg.clip.model_name}-{key}"
+    done = out / "done.json"
+    if done.is_file():
+        log.info("fine-tuned encoder cached at %s", out)
+    else:
+        t0 = time.perf_counter()
+        best = run_finetune(list(records), cfg, out, device=device_name(), resume=True, progress=progress)
+        io_utils.atomic_write_json(done, {"best": str(best), "seconds": time.perf_counter() - t0,
+                                          "config": to_dict(cfg)})
+    return load_encoder_checkpoint(out / "best.pt")
+
+
+# ----------------------------------------------------------------------------- stage 2: features
+def feature_stage(records: Sequence, encoder, progress: bool):
+    """Features of every frame of every record in the feature cache; returns (cache, failed ids)."""
+    from affaccel.extract import default_cache_root
+    from affaccel.features import FeatureCache, extract_features
+
+    cache = FeatureCache.for_encoder(default_cache_root(), encoder)
+    batch = 256 if device_name() == "cuda" else 64
+    summary = extract_features(list(records), encoder, cache, batch_size=batch, device=device_name(),
+                               progress=progress)
+    for vid, why in summary["failed"].items():
+        log.warning("video %s has no features and is left out: %s", vid, why)
+    return cache, set(summary["failed"])
+
+
+@dataclass
+class Prepared:
+    """Everything stage 3 needs for one split of one dataset."""
+    root: Path
+    preset: str
+    encoder: Any
+    cache: Any
+    train_records: list
+    val_records: list
+    seconds: dict
+
+
+def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, root=None,
+            tag: str = "") -> Prepared:
+    """Stages 0-2 for ``job`` (records default to the official train / validation split)."""
+    timings = {}
+    t0 = time.perf_counter()
+    if dataset is None:
+        root, dataset = load_dataset(job)
+    timings["data_s"] = time.perf_counter() - t0
+    preset = resolve_preset(job)
+    if train_records is None:
+        train_records, val_records = dataset.by_split("train"), dataset.by_split("val")
+    # fine-tuning reads the split attribute: mark this split's roles explicitly (folds re-split)
+    records = ([dataclasses.replace(r, split="train") for r in train_records]
+               + [dataclasses.replace(r, split="val") for r in val_records])
+    t0 = time.perf_counter()
+    encoder = encoder_stage(records, preset, job.finetune, job.pretrained, job.progress, tag)
+    timings["finetune_s"] = time.perf_counter() - t0
+    from affaccel import distributed
+
+    distributed.init_from_env(device_name())  # fine-tuning leaves the process group under torchrun
+    t0 = time.perf_counter()
+    with distributed.main_process_first():  # rank 0 extracts; the other ranks then find the cache
+        cache, failed = feature_stage(list(dataset.videos), encoder, job.progress)
+    timings["extract_s"] = time.perf_counter() - t0
+    keep = lambda rs: [r for r in rs if r.video_id not in failed]  # noqa: E731
+    return Prepared(root, preset, encoder, cache, keep(train_records), keep(val_records), timings)
+
+
+# ----------------------------------------------------------------------------- stage 3
+def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
+    """Temporal model on prepared features; writes bundle.pt and final_metrics.json."""
+    from affaccel.bundle import save_bundle
+    from affaccel.train import make_config, train, write_final_metrics
+    from affaccel.training_data import sequences_from_records
+
+    cfg = make_config(job.task, prep.preset, **job.overrides)
+    train_seqs = sequences_from_records(prep.train_records, job.task, prep.cache.load_features)
+    val_seqs = sequences_from_records(prep.val_records, job.task, prep.cache.load_features)
+    t0 = time.perf_counter()
+    result = train(cfg, train_seqs, val_seqs, run_dir, resume=job.resume, progress=job.progress)
+    prep.seconds["train_s"] = time.perf_counter() - t0
+    from affaccel import distributed
+
+    if not distributed.is_main():
+        return result, None
+    bundle = save_bundle(run_dir / "bundle.pt", window=cfg.window, encoder=prep.encoder,
+                         tasks={job.task: (result.model, cfg, result.metrics)},
+                         meta={"data_root": str(prep.root), "preset": prep.preset, "finetuned": job.finetune})
+    write_final_metrics(run_dir, job.task, result.metrics, result.best_epoch, bundle,
+                        extra={"seconds": prep.seconds, "preset": prep.preset, "data_root": str(prep.root)})
+    return result, bundle
+
+
+def run_job(job: JobSpec) -> dict:
+    """The main job: prepare (cached), train, bundle, print the final table; returns final metrics."""
+    from affaccel import distributed
+    from affaccel.train import default_run_dir, final_table
+
+    t0 = time.perf_counter()
+    run_dir = Path(job.run_dir) if job.run_dir else default_run_dir(job.task)
+    prep = prepare(job)
+    result, bundle = train_stage(job, prep, run_dir)
+    if distributed.is_main():
+        final = json.loads((run_dir / "final_metrics.json").read_text())
+        if not job.quiet_table:
+            print(f"\n{job.task.upper()} on {prep.root} ({len(prep.val_records)} validation videos, "
+                  f"best epoch {result.best_epoch}, {time.perf_counter() - t0:.0f} s)")
+            print(final_table(job.task, result.metrics))
+            print(f"run: {run_dir}\nbundle: {bundle}")
+        return final
+    return {}
+
+
+def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
+    """k-fold protocol (train + validation pooled, re-split by video, as in the paper's Table 1):
+    each fold fine-tunes on its own training videos, extracts, trains; per-fold table + mean."""
+    import numpy as np
+
+    from affaccel.metrics import format_table, table_keys
+    from affaccel.train import default_run_dir
+
+    root, dataset = load_dataset(job)
+    base = Path(job.run_dir) if job.run_dir else default_run_dir(job.task, f"{k}fold")
+    rows = []
+    for f, (tr, va) in enumerate(dataset.folds(k, seed)):
+        fold_job = dataclasses.replace(job, run_dir=base / f"fold{f}", quiet_table=True)
+        prep = prepare(fold_job, tr, va, dataset=dataset, root=root, tag=f"fold{f}of{k}-seed{seed}")
+        result, _ = train_stage(fold_job, prep, base / f"fold{f}")
+        rows.append((f"fold {f}", result.metrics))
+    keys = table_keys(job.task)[:3] if job.task == "va" else table_keys(job.task)[:1]
+    mean = {key: float(np.mean([m[key] for _, m in rows])) for key in keys}
+    table = format_table([*rows, ("mean", mean)], keys)
+    io_utils.atomic_write_json(base / "folds.json", {"task": job.task, "k": k, "seed": seed,
+                                                     "folds": [m for _, m in rows], "mean": mean})
+    print(f"\n{job.task.upper()}: {k}-fold cross-validation on {root}\n{table}\nruns: {base}")
+    return [m for _, m in rows]
