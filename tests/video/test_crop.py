@@ -133,6 +133,8 @@ def test_crop_faces_dispatch():
     a, _ = crop_faces(frames, boxes, 48, backend="reference")
     b, _ = crop_faces_ref(frames, boxes, 48)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+    auto, _ = crop_faces(frames, boxes, 48)               # DALI on CPU when importable
+    torch.testing.assert_close(auto, crop_faces_dali(frames, boxes, 48)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="backend"):
         crop_faces(frames, boxes, 48, backend="cv2")
 
