@@ -2,7 +2,9 @@
 an independent float64 NumPy computation."""
 from __future__ import annotations
 
-import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,9 +15,30 @@ import affaccel.ops.ccc as C
 
 
 # --------------------------------------------------------------------------- helpers
+FRESH = "run in a fresh process by test_{}_tests_in_fresh_process"
+
+
+def _run_in_fresh_process(marker_expr: str, interpret: bool):
+    """Run this file's tests selected by marker_expr in a new Python process whose first
+    `import triton` happens in the wanted mode (the mode is process-wide, see C.triton_mode)."""
+    env = dict(os.environ)
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
+        env.pop(name, None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-m", marker_expr, "-k", "not fresh_process"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
+
+
 @pytest.fixture
 def interp(monkeypatch):
     """Run the Triton kernels on CPU tensors through the interpreter (module re-imported)."""
+    if C.triton_mode() == "compiled":
+        pytest.skip("Triton is compiled in this process; " + FRESH.format("interpreter"))
     monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
@@ -370,8 +393,18 @@ def test_bad_input_errors(kwargs, match):
 
 
 # --------------------------------------------------------------------------- CUDA
+def test_interpreter_tests_in_fresh_process():
+    """When something compiled Triton earlier in this process (a GPU session), the interpreter
+    tests above skipped; run them here in a process of their own."""
+    if C.triton_mode() != "compiled":
+        pytest.skip("the interpreter tests ran in this process")
+    _run_in_fresh_process("not gpu", interpret=True)
+
+
 @pytest.fixture
 def compiled(monkeypatch):
+    if C.triton_mode() == "interpreted":
+        pytest.skip("Triton is interpreted in this process; " + FRESH.format("gpu"))
     monkeypatch.delenv("AFFACCEL_TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
@@ -425,3 +458,12 @@ def test_cuda_deterministic_and_graph_capturable(compiled):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(loss.detach(), a[0]) and torch.equal(x.grad, a[1])
+
+
+@pytest.mark.gpu
+def test_gpu_tests_in_fresh_process():
+    """The interpreter tests above made Triton interpreted for this whole process; the CUDA
+    tests then skipped, and run here in a process of their own."""
+    if C.triton_mode() != "interpreted":
+        pytest.skip("the CUDA tests ran in this process")
+    _run_in_fresh_process("gpu", interpret=False)
