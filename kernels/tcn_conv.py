@@ -242,10 +242,10 @@ def grad_weight_kernel(
 # The interpreter runs numpy per block op, so fewer, larger programs are faster there; on GPU
 # the tile shape is autotuned per (M, C_in, C_out) among a few tensor-core friendly shapes.
 
-INTERPRETER_CONV = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16)
-INTERPRETER_GRAD_W = dict(BLOCK_CI=16, BLOCK_CO=16, BLOCK_M=32)
+INTERPRETER_CONV = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+INTERPRETER_GRAD_W = dict(BLOCK_CI=32, BLOCK_CO=32, BLOCK_M=64)
 ACT_BWD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=128)
-INTERPRETER_ACT_BWD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=16)
+INTERPRETER_ACT_BWD_BLOCKS = dict(BLOCK_M=64, BLOCK_N=32)
 
 
 def _conv_configs():

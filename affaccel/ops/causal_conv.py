@@ -56,7 +56,9 @@ def causal_conv1d_ref(
     """
     k = weight.shape[-1]
     xp = F.pad(x.transpose(1, 2), ((k - 1) * dilation, 0))
-    y = F.conv1d(xp, weight, bias, dilation=dilation).transpose(1, 2)
+    # contiguous [B, T, C_out] like the fused output: a later dropout draws its mask in memory
+    # order, so both paths must hand it the same layout to drop the same elements
+    y = F.conv1d(xp, weight, bias, dilation=dilation).transpose(1, 2).contiguous()
     y = activation_ref(y, activation)
     if residual is not None:
         y = activation_ref(y + residual, activation)
@@ -97,7 +99,11 @@ def _check(x, weight, bias, dilation, activation, residual) -> None:
 # ---- kernel launches (also called directly by the tests, with NaN-filled out buffers) ---------
 
 def _kernels():
-    # looked up at call time: tests re-import the module with the interpreter switched on
+    # triton_importable() first: it mirrors AFFACCEL_TRITON_INTERPRET into TRITON_INTERPRET,
+    # which Triton reads when the kernels are decorated. Looked up at call time because tests
+    # re-import the module with the interpreter switched on or off.
+    if not triton_importable():
+        raise RuntimeError("the fused causal convolution needs Triton (pip install triton)")
     return importlib.import_module("affaccel.kernels.tcn_conv")
 
 
@@ -312,7 +318,7 @@ def causal_conv1d(
         return causal_conv1d_ref(x, weight, bias, dilation, activation, residual)
     if x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"the fused kernel takes float32/float16/bfloat16, got {x.dtype}")
-    if not (x.is_cuda or (x.device.type == "cpu" and triton_importable() and _kernels().INTERPRETED)):
+    if not (x.is_cuda or (x.device.type == "cpu" and _kernels().INTERPRETED)):
         raise RuntimeError(
             "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 set "
             f"before the kernels are first imported; got a tensor on {x.device}"

@@ -80,14 +80,14 @@ def _fused(x, w, b, d, act, r):
 
 
 # (B, T, C_in, C_out, k, dilation, activation, residual). T covers 1, 2, k*d, primes; multi-tile M
-# (tiles of 32 rows cross batch boundaries) and channels above one 16-wide block.
+# (interpreter tiles of 64 rows cross batch boundaries) and channels above one 32-wide block.
 CASES = [
     (2, 1, 3, 5, 3, 1, "relu", False),
     (2, 2, 4, 3, 2, 2, None, True),
     (1, 6, 5, 7, 3, 2, "gelu", True),        # T = k*d
     (3, 13, 5, 7, 3, 4, "relu", True),       # prime T, dilation > T/k
     (2, 8, 6, 6, 2, 4, "leaky_relu", False),  # T = k*d
-    (2, 37, 20, 18, 3, 2, "gelu", False),    # ragged C_in/C_out over 16-wide blocks
+    (3, 37, 40, 36, 3, 2, "gelu", False),    # ragged C_in/C_out over 32-wide blocks
     (3, 17, 7, 4, 1, 1, "leaky_relu", True),  # k = 1
     (2, 29, 18, 20, 2, 1, "relu", True),
     (1, 5, 3, 9, 3, 1, None, False),
@@ -150,7 +150,7 @@ def test_non_contiguous_inputs(interp):
 def test_every_output_element_is_written(interp):
     """Outputs prefilled with NaN: a tile that skips an element leaves a NaN behind; strided
     outputs (a slice of a wider buffer) must not be written outside their view."""
-    B, T, C_in, C_out, k, d = 3, 13, 18, 20, 3, 2
+    B, T, C_in, C_out, k, d = 3, 29, 34, 40, 3, 2  # 2 row tiles x 2 column tiles, ragged
     x, w, b, r, gy = (t.detach() if t is not None else None for t in _inputs(B, T, C_in, C_out, k, True))
     nan = float("nan")
     wide = torch.full((B, T, C_out + 7), nan)
