@@ -110,10 +110,9 @@ def class_weights(labels: np.ndarray, n_classes: int = EXPR_CLASSES) -> np.ndarr
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """ABAW EXPR score: mean F1 over the 8 classes (absent classes count as 0)."""
-    from sklearn.metrics import f1_score
+    from affaccel.metrics import expr_metrics
 
-    return float(f1_score(y_true, y_pred, labels=list(range(EXPR_CLASSES)), average="macro",
-                          zero_division=0))
+    return expr_metrics(np.asarray(y_pred), np.asarray(y_true))["f1_macro"]
 
 
 def _loader(paths, labels, batch_size, encoder, device, train, cfg, seed, shard_id=0, num_shards=1):
@@ -310,8 +309,9 @@ def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, 
 
     from affaccel.nn.clip import autocast
 
-    loader = _loader(paths, labels, micro, model.encoder, dev, True, cfg,
-                     seed=cfg.seed + 1000 * epoch, shard_id=info.rank, num_shards=info.world_size)
+    loader = _loader(paths, labels, micro, model.encoder, dev, True, cfg, seed=cfg.seed,
+                     shard_id=info.rank, num_shards=info.world_size)
+    loader.set_epoch(epoch)  # the epoch picks the shuffle and augmentation streams (resumable)
     bar = tqdm(total=micro_per_epoch, desc=f"finetune epoch {epoch}", unit="batch",
                disable=not (progress and info.is_main))
     losses, i = [], 0
