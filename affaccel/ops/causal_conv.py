@@ -16,10 +16,13 @@ residual [B, T, C_out], y [B, T, C_out].
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
+from affaccel import env
 from affaccel.ops._dispatch import triton_importable, use_triton
 
 # activation name -> code understood by the kernels (kernels/tcn_conv.py ACT_*)
@@ -98,13 +101,44 @@ def _check(x, weight, bias, dilation, activation, residual) -> None:
 
 # ---- kernel launches (also called directly by the tests, with NaN-filled out buffers) ---------
 
+KERNELS = "affaccel.kernels.tcn_conv"
+
+
+def triton_mode() -> str | None:
+    """How Triton runs in this process: "interpreted", "compiled", or None (not imported yet).
+
+    Fixed at the first ``import triton`` by TRITON_INTERPRET: Triton's own library functions
+    (tl.sum, tl.cdiv, ...) are decorated then, and interpreted kernels cannot call compiled ones
+    or the other way round, so one process runs the kernels in one mode only.
+    """
+    tl = sys.modules.get("triton.language")
+    if tl is None:
+        return None
+    return "interpreted" if type(tl.sum).__name__ == "InterpretedFunction" else "compiled"
+
+
 def _kernels():
-    # triton_importable() first: it mirrors AFFACCEL_TRITON_INTERPRET into TRITON_INTERPRET,
-    # which Triton reads when the kernels are decorated. Looked up at call time because tests
-    # re-import the module with the interpreter switched on or off.
+    """The kernel module, (re)imported so that it matches the interpreter setting."""
+    want = env.triton_interpret()
+    if want:
+        # Triton reads its own variable when kernels are decorated (see ops._dispatch)
+        os.environ["TRITON_INTERPRET"] = "1"
     if not triton_importable():
         raise RuntimeError("the fused causal convolution needs Triton (pip install triton)")
-    return importlib.import_module("affaccel.kernels.tcn_conv")
+    mode = triton_mode()
+    if (mode == "interpreted") != want:
+        raise RuntimeError(
+            f"affaccel causal_conv1d: Triton was imported in {mode} mode in this process, but "
+            f"AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET ask for the "
+            f"{'interpreter' if want else 'compiler'}; the mode is fixed at the first "
+            "`import triton`, so set the variable before anything imports Triton (or use a "
+            "fresh process), or pass fused=False / set AFFACCEL_FORCE_REFERENCE=1")
+    mod = sys.modules.get(KERNELS)
+    if mod is None:
+        return importlib.import_module(KERNELS)
+    if mod.INTERPRETED != want:
+        mod = importlib.reload(mod)
+    return mod
 
 
 def _precision(t: torch.Tensor) -> str:
@@ -318,10 +352,10 @@ def causal_conv1d(
         return causal_conv1d_ref(x, weight, bias, dilation, activation, residual)
     if x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"the fused kernel takes float32/float16/bfloat16, got {x.dtype}")
-    if not (x.is_cuda or (x.device.type == "cpu" and _kernels().INTERPRETED)):
+    if not (x.is_cuda or (x.device.type == "cpu" and env.triton_interpret())):
         raise RuntimeError(
-            "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 set "
-            f"before the kernels are first imported; got a tensor on {x.device}"
+            "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 "
+            f"(Triton's interpreter, set before Triton is first imported); got {x.device}"
         )
     return CausalConv1dFn.apply(x, weight, bias, residual, dilation, activation)
 

@@ -3,45 +3,66 @@ through the interpreter) vs reference parity in eval and training, and a short t
 gives the same losses on both paths; the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
 from affaccel.nn.tcn import TCN, TemporalBlock
+from affaccel.ops import causal_conv as cc
 from tolerances import tol
 
-KERNELS = "affaccel.kernels.tcn_conv"
-
-
-def _fresh_kernels(monkeypatch, interpret: bool):
-    # Triton picks compiled vs interpreted when kernels are decorated: set the variables, then
-    # import the kernel module afresh, and drop it afterwards so other tests get their own.
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET"):
-        if interpret:
-            monkeypatch.setenv(name, "1")
-        else:
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    monkeypatch.delitem(sys.modules, KERNELS, raising=False)
-    assert importlib.import_module(KERNELS).INTERPRETED is interpret
+FRESH = "Triton is {} in this process; run in a fresh process by test_{}_tests_in_fresh_process"
 
 
 @pytest.fixture
 def interp(monkeypatch):
-    _fresh_kernels(monkeypatch, True)
-    yield
-    sys.modules.pop(KERNELS, None)
+    """Triton kernels on CPU tensors through the interpreter (the mode is process-wide)."""
+    if cc.triton_mode() == "compiled":
+        pytest.skip(FRESH.format("compiled", "interpreter"))
+    monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
+    assert cc._kernels().INTERPRETED
 
 
 @pytest.fixture
 def cuda_kernels(monkeypatch):
-    _fresh_kernels(monkeypatch, False)
+    if cc.triton_mode() == "interpreted":
+        pytest.skip(FRESH.format("interpreted", "gpu"))
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    yield
-    sys.modules.pop(KERNELS, None)
+    assert not cc._kernels().INTERPRETED
+
+
+def _run_in_fresh_process(marker_expr: str, interpret: bool):
+    env = dict(os.environ)
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
+        env.pop(name, None)
+    if interpret:
+        env["AFFACCEL_TRITON_INTERPRET"] = env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-m", marker_expr, "-k", "not fresh_process"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+def test_interpreter_tests_in_fresh_process():
+    if cc.triton_mode() != "compiled":
+        pytest.skip("the interpreter tests ran in this process")
+    _run_in_fresh_process("not gpu", interpret=True)
+
+
+@pytest.mark.gpu
+def test_gpu_tests_in_fresh_process():
+    if cc.triton_mode() != "interpreted":
+        pytest.skip("the CUDA tests ran in this process")
+    _run_in_fresh_process("gpu", interpret=False)
 
 
 def _pair(seed=0, **kw):
@@ -147,8 +168,6 @@ def test_short_training_gives_matching_losses(interp):
 
 
 def test_fused_none_dispatches_by_device(interp, monkeypatch):
-    from affaccel.ops import causal_conv as cc
-
     calls = []
     orig = cc.CausalConv1dFn.apply
     monkeypatch.setattr(cc.CausalConv1dFn, "apply", lambda *a: calls.append(1) or orig(*a))

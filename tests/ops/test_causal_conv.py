@@ -3,7 +3,8 @@ F.conv1d reference: forward, every gradient, odd lengths, dilations, ragged chan
 non-contiguous inputs, NaN-prefilled outputs, determinism; and the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-import importlib
+import os
+import subprocess
 import sys
 
 import pytest
@@ -13,39 +14,47 @@ import torch.nn.functional as F
 from affaccel.ops import causal_conv as cc
 from tolerances import tol
 
-KERNELS = "affaccel.kernels.tcn_conv"
+FRESH = "Triton is {} in this process; run in a fresh process by test_{}_tests_in_fresh_process"
 
 
-def _fresh_kernels(monkeypatch, interpret: bool):
-    # Triton decides compiled vs interpreted when the kernels are decorated, i.e. at import:
-    # switch the variables first, then import the kernel module afresh (and drop it afterwards).
+def run_in_fresh_process(path: str, marker_expr: str, interpret: bool):
+    """Run the tests of `path` selected by marker_expr in a new Python process whose first
+    `import triton` happens in the wanted mode (the mode is process-wide: cc.triton_mode)."""
+    env = dict(os.environ)
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
+        env.pop(name, None)
     if interpret:
-        monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("AFFACCEL_TRITON_INTERPRET", raising=False)
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    monkeypatch.delitem(sys.modules, KERNELS, raising=False)
-    kern = importlib.import_module(KERNELS)
-    assert kern.INTERPRETED is interpret
-    return kern
+        env["AFFACCEL_TRITON_INTERPRET"] = "1"
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path,
+         "-m", marker_expr, "-k", "not fresh_process"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
 
 
 @pytest.fixture
 def interp(monkeypatch):
-    kern = _fresh_kernels(monkeypatch, True)
-    yield kern
-    sys.modules.pop(KERNELS, None)
+    """Triton kernels on CPU tensors through the interpreter."""
+    if cc.triton_mode() == "compiled":
+        pytest.skip(FRESH.format("compiled", "interpreter"))
+    monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
+    assert cc._kernels().INTERPRETED
 
 
 @pytest.fixture
 def cuda_kernels(monkeypatch):
-    kern = _fresh_kernels(monkeypatch, False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 parity: no TF32
+    """Compiled Triton kernels on CUDA, fp32 without TF32 for parity."""
+    if cc.triton_mode() == "interpreted":
+        pytest.skip(FRESH.format("interpreted", "gpu"))
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    yield kern
-    sys.modules.pop(KERNELS, None)
+    assert not cc._kernels().INTERPRETED
 
 
 def _inputs(B, T, C_in, C_out, k, residual, dtype=torch.float32, device="cpu", bias=True, seed=0):
@@ -275,12 +284,18 @@ def test_bad_arguments(bad, match):
 
 
 def test_fused_true_without_kernels_is_a_clear_error(monkeypatch):
-    _fresh_kernels(monkeypatch, False)
-    try:
-        with pytest.raises(RuntimeError, match="AFFACCEL_TRITON_INTERPRET"):
-            cc.causal_conv1d(torch.zeros(1, 4, 2), torch.zeros(3, 2, 2), fused=True)
-    finally:
-        sys.modules.pop(KERNELS, None)
+    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="AFFACCEL_TRITON_INTERPRET"):
+        cc.causal_conv1d(torch.zeros(1, 4, 2), torch.zeros(3, 2, 2), fused=True)
+
+
+def test_interpreter_tests_in_fresh_process():
+    """Where something compiled Triton earlier in this process (a GPU session), the interpreter
+    tests above skipped; run them in a process of their own."""
+    if cc.triton_mode() != "compiled":
+        pytest.skip("the interpreter tests ran in this process")
+    run_in_fresh_process(__file__, "not gpu", interpret=True)
 
 
 # ---- CUDA -------------------------------------------------------------------------------------
@@ -308,3 +323,12 @@ def test_cuda_grad_weight_deterministic(cuda_kernels):
     runs = [_run(_fused, x, w, b, r, gy, 4, "relu")[1] for _ in range(3)]
     for other in runs[1:]:
         assert all(torch.equal(a, c) for a, c in zip(runs[0], other))
+
+
+@pytest.mark.gpu
+def test_gpu_tests_in_fresh_process():
+    """The interpreter tests made Triton interpreted for this whole process, so the CUDA tests
+    skipped; run them in a process of their own."""
+    if cc.triton_mode() != "interpreted":
+        pytest.skip("the CUDA tests ran in this process")
+    run_in_fresh_process(__file__, "gpu", interpret=False)
