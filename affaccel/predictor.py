@@ -226,6 +226,7 @@ class StreamingTemporal:
         self.acc: dict[str, np.ndarray] = {}   # task -> [n - fin, K] weighted sums
         self.wsum = np.zeros(0)                # [n - fin] weight sums
         self.n_windows = 0
+        self.peak_rows = 0       # most feature rows / accumulator rows held at once (memory check)
 
     def _grow(self, feats) -> None:
         import torch
@@ -287,6 +288,7 @@ class StreamingTemporal:
                 self._run(ready, [self.w] * len(ready))
                 ready = []
         self._run(ready, [self.w] * len(ready))
+        self.peak_rows = max(self.peak_rows, len(self.buf), len(self.wsum))
         upto = max(self.fin, min(self.next_start, self.n - self.w))
         out = self._pop(upto)
         self._trim()
@@ -332,7 +334,7 @@ class AffectPredictor:
     def __init__(self, models: dict, encoder=None, window: int = 300, stride: int = 200,
                  device: str = "auto", detector=None, tracker_options: dict | None = None,
                  crop_expand: float = 1.0, precision: str = "auto", decode_backend: str = "auto",
-                 window_batch: int = 32):
+                 window_batch: int = 32, weighting: str = "uniform"):
         if not models:
             raise ValueError("AffectPredictor needs at least one temporal model (va/expr/au)")
         unknown = set(models) - set(TASK_ORDER)
@@ -351,6 +353,7 @@ class AffectPredictor:
         self.precision = precision
         self.decode_backend = decode_backend
         self.window_batch = int(window_batch)
+        self.weighting = weighting
         dims = {t: getattr(getattr(m, "cfg", None), "in_dim", None) for t, m in self.models.items()}
         if self.encoder is not None:
             for t, d in dims.items():
@@ -366,6 +369,10 @@ class AffectPredictor:
         from affaccel.bundle import load_bundle
 
         b = load_bundle(path)
+        # overlap averaging as at training time (TrainConfig.averaging), unless overridden
+        averaging = {getattr(c, "averaging", "uniform") for c in b.configs.values()}
+        if len(averaging) == 1:
+            options.setdefault("weighting", averaging.pop())
         return cls(dict(b.models), encoder=b.encoder, window=b.window.window,
                    stride=b.window.stride, device=device, **options)
 
@@ -506,8 +513,8 @@ class AffectPredictor:
 
     # -- public ------------------------------------------------------------------------
     def predict_stream(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
-                       weighting: str = "uniform", fps: float | None = None, face_found=None,
-                       progress=None) -> Iterator[Any]:
+                       weighting: str | None = None, fps: float | None = None,
+                       face_found=None, progress=None) -> Iterator[Any]:
         """Yield DataFrame chunks (frozen schema) as frames are finalized; bounded memory.
 
         Memory: one decoded batch, about ``window + stride`` feature rows, the overlap sums of
@@ -517,7 +524,7 @@ class AffectPredictor:
         import pandas as pd
 
         stream = StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
-                                   weighting=weighting, max_batch=self.window_batch)
+                                   weighting=weighting or self.weighting, max_batch=self.window_batch)
         filler = _FeatureFiller()
         side: list[np.ndarray] = []       # per-frame side columns of not-yet-emitted frames
         emitted = 0
@@ -554,7 +561,8 @@ class AffectPredictor:
             yield df
 
     def predict_video(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
-                      weighting: str = "uniform", stream: bool = False, fps: float | None = None,
+                      weighting: str | None = None, stream: bool = False,
+                      fps: float | None = None,
                       face_found=None, progress: bool | Any = False) -> PredictionResult:
         """Predict every frame of one input.
 
@@ -603,11 +611,11 @@ class AffectPredictor:
     def _predict_batch(self, video, boxes, crops, features, batch_size, weighting, fps,
                        face_found, bar):
         cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar)
-        preds = self._temporal_batch(feats, weighting)
+        preds = self._temporal_batch(feats, weighting or self.weighting)
         return build_table(0, *cols, preds)
 
     def predict_videos(self, videos: Sequence, boxes: Sequence | None = None,
-                       batch_size: int = 64, weighting: str = "uniform",
+                       batch_size: int = 64, weighting: str | None = None,
                        errors: str = "raise", progress: bool = False) -> list:
         """Predict several inputs; the temporal stage batches windows across videos.
 
@@ -620,6 +628,7 @@ class AffectPredictor:
 
         from affaccel.segments import assemble_windows_batch, overlap_average, plan_windows
 
+        weighting = weighting or self.weighting
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
         boxes = list(boxes) if boxes is not None else [None] * len(videos)

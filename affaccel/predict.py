@@ -1,0 +1,198 @@
+"""``python -m affaccel.predict VIDEO... --bundle B --out DIR``: per-frame affect of videos.
+
+One table per video (``<out>/<video>.csv`` or ``.parquet``), or with ``--format abaw`` the
+challenge's per-video text files ``<out>/{VA,EXPR,AU}/<video>.txt``. ``--plot`` adds
+``<out>/<video>.png``. A video that cannot be read, has no frames or has no face is reported
+(file and reason) and the others still run; the exit code is 0 only if every video succeeded
+(1 otherwise, 2 for bad arguments).
+
+ABAW files: the annotation header line, then one line per decoded frame. Frames without a face
+get the annotation files' invalid markers: ``-5,-5`` (VA), ``-1`` (EXPR), ``-1`` x 12 (AU).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from affaccel import io_utils
+from affaccel.tasks import ACTION_UNITS, EXPRESSIONS, TASKS
+
+FORMATS = ("csv", "parquet", "abaw")
+ABAW_DIRS = {"va": "VA", "expr": "EXPR", "au": "AU"}
+
+
+# ---------------------------------------------------------------------------------- writers
+def write_table(df, path: Path, fmt: str) -> Path:
+    if fmt == "csv":
+        io_utils.atomic_write_with(path, lambda tmp: df.to_csv(tmp, index=False))
+    elif fmt == "parquet":
+        io_utils.atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
+    else:
+        raise ValueError(f"table format must be csv or parquet, got {fmt!r}")
+    return path
+
+
+def abaw_lines(df, task: str) -> list[str]:
+    """The ABAW text file of one task: header, then one line per frame (invalid markers for
+    frames without a face)."""
+    spec = TASKS[task]
+    found = df["face_found"].to_numpy(bool)
+    lines = [",".join(spec.columns)]
+    if task == "va":
+        va = df[["valence", "arousal"]].to_numpy(np.float64)
+        lines += [f"{v:.6f},{a:.6f}" if ok else "-5,-5" for (v, a), ok in zip(va, found)]
+    elif task == "expr":
+        idx = np.nan_to_num(df[list(EXPRESSIONS)].to_numpy(np.float64), nan=-1.0).argmax(1)
+        lines += [str(int(i)) if ok else "-1" for i, ok in zip(idx, found)]
+    else:
+        act = df[[f"{a}_active" for a in ACTION_UNITS]].to_numpy(np.float64)
+        bad = ",".join(["-1"] * len(ACTION_UNITS))
+        lines += [",".join(str(int(x)) for x in row) if ok else bad for row, ok in zip(act, found)]
+    return lines
+
+
+def write_abaw(result, out_dir: Path, name: str) -> list[Path]:
+    paths = []
+    for task in result.tasks:
+        path = Path(out_dir) / ABAW_DIRS[task] / f"{name}.txt"
+        io_utils.atomic_write_text(path, "\n".join(abaw_lines(result.frame, task)) + "\n")
+        paths.append(path)
+    return paths
+
+
+def write_result(result, out_dir, fmt: str = "csv", name: str | None = None) -> list[Path]:
+    """Write one PredictionResult; returns the files written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    name = name or Path(str(result.video)).stem
+    if fmt == "abaw":
+        return write_abaw(result, out_dir, name)
+    return [write_table(result.frame, out_dir / f"{name}.{fmt}", fmt)]
+
+
+# ---------------------------------------------------------------------------------- CLI
+def output_names(videos: Sequence[str]) -> list[str]:
+    """File stems for the outputs; repeated stems get a numeric suffix (a/x.mp4, b/x.mp4)."""
+    seen: dict[str, int] = {}
+    names = []
+    for v in videos:
+        stem = Path(v).stem
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        names.append(stem if k == 0 else f"{stem}_{k}")
+    return names
+
+
+def resolve_boxes(videos: Sequence[str], boxes: Sequence[str] | None) -> list:
+    """--boxes: one CSV per video (in order), or one folder with <stem>.csv / <stem>.boxes.csv."""
+    if not boxes:
+        return [None] * len(videos)
+    if len(boxes) == 1 and Path(boxes[0]).is_dir():
+        folder, out = Path(boxes[0]), []
+        for v in videos:
+            cands = [folder / f"{Path(v).stem}.boxes.csv", folder / f"{Path(v).stem}.csv"]
+            hit = next((c for c in cands if c.is_file()), None)
+            if hit is None:
+                raise ValueError(f"--boxes {folder}: no {cands[0].name} or {cands[1].name} "
+                                 f"for video {v}")
+            out.append(hit)
+        return out
+    if len(boxes) != len(videos):
+        raise ValueError(f"--boxes: {len(boxes)} files for {len(videos)} videos; give one CSV "
+                         "per video (repeat --boxes) or one folder")
+    return [Path(b) for b in boxes]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m affaccel.predict",
+        description="Per-frame valence/arousal, expressions and action units of face videos.")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any FFmpeg format)")
+    p.add_argument("--bundle", required=True, help="model bundle written by affaccel.train")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", default="csv", choices=FORMATS,
+                   help="csv / parquet table per video, or abaw challenge text files")
+    p.add_argument("--plot", action="store_true", help="also write <video>.png")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    p.add_argument("--boxes", action="append",
+                   help="face boxes CSV (frame,x,y,w,h) instead of the detector: once per "
+                        "video, in order, or one folder holding <video>.boxes.csv files")
+    p.add_argument("--stream", action="store_true",
+                   help="bounded-memory streaming (same numbers; for very long videos)")
+    p.add_argument("--weighting", default="uniform", choices=("uniform", "triangular", "hann"),
+                   help="how overlapping windows are averaged")
+    p.add_argument("--redetect-every", type=int, default=1,
+                   help="run the face detector every N frames (the tracker holds boxes between)")
+    p.add_argument("--select", default="largest", choices=("largest", "central"),
+                   help="which face to follow when several are visible")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("error: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        boxes = resolve_boxes(args.videos, args.boxes)
+        from affaccel.predictor import AffectPredictor
+
+        predictor = AffectPredictor.from_bundle(
+            args.bundle, device=args.device,
+            tracker_options={"redetect_every": args.redetect_every, "select": args.select})
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tqdm.auto import tqdm
+
+    out = Path(args.out)
+    names = output_names(args.videos)
+    rows, failures = [], []
+    t_all = time.perf_counter()
+    videos_bar = tqdm(total=len(args.videos), desc="videos", unit="video",
+                      disable=args.no_progress or len(args.videos) < 2)
+    for video, name, bx in zip(args.videos, names, boxes):
+        try:
+            res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
+                                          weighting=args.weighting, stream=args.stream,
+                                          progress=not args.no_progress)
+            if res.n_faces == 0:
+                raise ValueError(f"no face found in any of its {res.n_frames} frames")
+            files = res.save(out, args.format, name=name)
+            if args.plot:
+                files.append(res.plot(out / f"{name}.png"))
+            rows.append((video, res.n_frames, res.n_faces, res.seconds))
+        except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
+            reason = getattr(e, "reason", None) or str(e)
+            # the decoder's errors already start with the path; do not repeat it
+            reason = reason.removeprefix(f"{video}: ")
+            failures.append((video, f"{type(e).__name__}: {reason}"))
+            tqdm.write(f"FAILED {video}: {type(e).__name__}: {reason}", file=sys.stderr)
+        videos_bar.update()
+    videos_bar.close()
+    _summary(rows, failures, time.perf_counter() - t_all, out)
+    return 0 if not failures else 1
+
+
+def _summary(rows, failures, seconds: float, out: Path) -> None:
+    print(f"{'video':40s} {'frames':>8s} {'faces':>8s} {'seconds':>9s} {'frames/s':>9s}")
+    for video, n, faces, secs in rows:
+        print(f"{Path(video).name[:40]:40s} {n:8d} {faces:8d} {secs:9.2f} {n / secs:9.1f}")
+    total = sum(r[1] for r in rows)
+    print(f"{len(rows)} of {len(rows) + len(failures)} videos done, {total} frames in "
+          f"{seconds:.1f} s ({total / seconds if seconds > 0 else float('nan'):.1f} frames/s) "
+          f"-> {out}")
+    for video, why in failures:
+        print(f"failed: {video}: {why}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
