@@ -178,3 +178,67 @@ def test_ddp_two_process_gloo(tmp_path):
     s0, s1 = set(map(int, r0[1].split(","))), set(map(int, r1[1].split(",")))
     assert s0 != s1 and len(s0 | s1) > max(len(s0), len(s1))  # each rank saw its own shard
     assert (tmp_path / "run" / "best.pt").is_file() and (tmp_path / "run" / "metrics.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    """AFFACCEL_HOME for the end-to-end tests (the tiny synthetic set is generated once)."""
+    home = tmp_path_factory.mktemp("affaccel_home")
+    old = os.environ.get("AFFACCEL_HOME")
+    os.environ["AFFACCEL_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("AFFACCEL_HOME", None)
+    else:
+        os.environ["AFFACCEL_HOME"] = old
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_on_tiny_synthetic_set(tiny_home, capsys):
+    """`python -m affaccel.train --task va` with the tiny presets: every stage runs, the run
+    directory is complete, the bundle reproduces the reported score, and a rerun reuses the
+    fine-tuned encoder and the feature cache."""
+    from affaccel import train as T
+    from affaccel.bundle import load_bundle
+    from affaccel.metrics import va_metrics
+
+    run = tiny_home / "run_va"
+    assert T.main(["--task", "va", "--synthetic", "tiny", "--preset", "tiny", "--run-dir", str(run),
+                   "--quiet", "--epochs", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "ccc_valence" in table and "ccc_mean" in table
+    final = json.loads((run / "final_metrics.json").read_text())
+    for key in ("ccc_valence", "ccc_arousal", "ccc_mean", "bundle", "best_epoch"):
+        assert key in final
+    assert np.isfinite(final["ccc_mean"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["preset_changes"]["epochs"] == 2
+
+    # the one-file bundle rebuilds encoder + temporal model and reproduces the validation score
+    b = load_bundle(final["bundle"])
+    assert b.tasks == ["va"] and b.encoder is not None and b.window.window == 32
+    from affaccel.data.affwild2 import load_affwild2
+    from affaccel.data.synthetic import ensure_synthetic
+    from affaccel.features import FeatureCache
+    from affaccel.extract import default_cache_root
+    from affaccel.train import predict_frames
+    from affaccel.training_data import WindowSet, sequences_from_records
+
+    cache = FeatureCache.for_encoder(default_cache_root(), b.encoder)
+    val = load_affwild2(ensure_synthetic("tiny"), tasks=("va",), splits=("val",)).videos
+    seqs = sequences_from_records(val, "va", cache.load_features)
+    preds = predict_frames(b.models["va"], WindowSet(seqs, 32, 16, "va"), 8, "cpu")
+    got = va_metrics(np.concatenate(preds), np.concatenate([q.labels for q in seqs]),
+                     np.concatenate([q.score_mask for q in seqs]))
+    assert got["ccc_mean"] == pytest.approx(final["ccc_mean"], abs=1e-5)
+
+    # second task into its own run: the fine-tuned encoder and the features are reused
+    done = list((tiny_home / "finetune").glob("*/done.json"))
+    assert len(done) == 1
+    mtime = done[0].stat().st_mtime
+    run_au = tiny_home / "run_au"
+    assert T.main(["--task", "au", "--synthetic", "tiny", "--preset", "tiny", "--run-dir", str(run_au),
+                   "--quiet", "--epochs", "1"]) == 0
+    assert done[0].stat().st_mtime == mtime
+    final_au = json.loads((run_au / "final_metrics.json").read_text())
+    assert "f1_macro" in final_au and "f1_AU12" in final_au
