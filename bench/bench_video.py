@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         make_clip(clip, args.frames)
         n = args.frames
 
-        def decode(backend, device, chunk=D.DEFAULT_MAX_CHUNK_BYTES):
+        def decode(backend, device, chunk=None):
             def run():
                 k = 0
                 for b in D.iter_video(clip, backend=backend, device=device,
