@@ -360,7 +360,8 @@ def render_face(idt: Identity, st: FaceState, size: int = 112,
     d.fill(_NECK, skin_dark, flat=True, silhouette=True)
     d.fill(_head_outline(idt, st.au[AU26]), skin, flat=True, silhouette=True)
     for side in (-1, 1):   # ears
-        d.fill(_ellipse(side * idt.head_w * 0.98, 0.02, 0.09, 0.17), skin_dark, flat=True)
+        d.fill(_ellipse(side * idt.head_w * 0.98, 0.02, 0.09, 0.17), skin_dark, flat=True,
+               silhouette=True)
     d.fill(top, idt.hair, flat=True, silhouette=True)
 
     _cheeks(d, pose, idt, st, cheek)

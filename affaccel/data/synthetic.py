@@ -159,7 +159,10 @@ def make_track(rng: np.random.Generator, n: int, skin: tuple) -> Track:
         for s, e in _events(rng, n, 1 / 25, (0.3, 1.2)):
             au_target[s:e, au] = np.maximum(au_target[s:e, au], rng.uniform(0.6, 1.0))
 
-    va = _lag(va_target, 1.0 / (0.35 * FPS)) + _ou(rng, n, 2, 2.0, 0.12)
+    # expression-driven target through a lag, plus a slow drift (OU smoothed again: an OU path
+    # alone is rough frame to frame, annotated VA traces are not)
+    drift = _lag(_ou(rng, n, 2, 2.0, 0.14), 1.0 / (0.3 * FPS))
+    va = _lag(va_target, 1.0 / (0.35 * FPS)) + drift
     va = np.round(np.clip(va, -1, 1), 3) + 0.0            # + 0.0: no "-0.000" in the files
     # symmetric ramps: forward then backward lag, ~0.1 s onset and offset
     alpha = 1.0 / (0.1 * FPS)
