@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "video, in order, or one folder holding <video>.boxes.csv files")
     p.add_argument("--stream", action="store_true",
                    help="bounded-memory streaming (same numbers; for very long videos)")
-    p.add_argument("--weighting", default="uniform", choices=("uniform", "triangular", "hann"),
-                   help="how overlapping windows are averaged")
+    p.add_argument("--weighting", default=None, choices=("uniform", "triangular", "hann"),
+                   help="how overlapping windows are averaged (default: as in training)")
     p.add_argument("--redetect-every", type=int, default=1,
                    help="run the face detector every N frames (the tracker holds boxes between)")
     p.add_argument("--select", default="largest", choices=("largest", "central"),
@@ -161,9 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       disable=args.no_progress or len(args.videos) < 2)
     for video, name, bx in zip(args.videos, names, boxes):
         try:
-            res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
-                                          weighting=args.weighting, stream=args.stream,
-                                          progress=not args.no_progress)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
+                                              weighting=args.weighting, stream=args.stream,
+                                              progress=not args.no_progress)
+            for w in caught:   # e.g. "decoding stopped after N frames (corrupt file)"
+                tqdm.write(f"warning: {video}: {str(w.message).removeprefix(f'{video}: ')}",
+                           file=sys.stderr)
             if res.n_faces == 0:
                 raise ValueError(f"no face found in any of its {res.n_frames} frames")
             files = res.save(out, args.format, name=name)
