@@ -107,7 +107,7 @@ def ccc_loss_textbook(pred, target, mask, reduction="global"):
 def row(case, dtype, impl, pass_, median_ms, note=""):
     """One CCC measurement (median_ms None when the implementation failed to run)."""
     return {"kernel": "ccc", "case": case, "dtype": dtype, "impl": impl, "pass": pass_,
-            "median_ms": median_ms, "note": note}
+            "median_ms": median_ms, "note": " ".join(note.split())}
 
 
 def add_speedups(rows):
@@ -155,7 +155,7 @@ def write_csv(path: Path, rows, meta):
                          "vs_compile": f"{r['vs_compile']:.2f}" if "vs_compile" in r else ""})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, old + buf.getvalue())
-    print(f"appended {len(rows)} rows to {path.relative_to(ROOT)}")
+    print(f"appended {len(rows)} rows to {path}")
 
 
 def print_table(rows, meta, how):
@@ -229,38 +229,64 @@ def bench_ccc_gpu(quick: bool):
             raise RuntimeError(f"fused CCC disagrees with the reference ({err}, {gerr})")
 
         for impl, f in impls.items():
-            note = ""
+            times, notes, warm = {}, [], True
             try:
-                for _ in range(3):  # compile / autotune / cache warm-up
+                for _ in range(3):  # compile / Triton JIT / allocator warm-up
                     f().backward()
                 x.grad = None
-                fwd = med(f)
-                loss = f()
-                bwd = med(lambda: loss.backward(retain_graph=True), grad_to_none=[x])
-                both = med(lambda: f().backward(), grad_to_none=[x])
-                times = {"fwd": fwd, "bwd": bwd, "fwd+bwd": both}
             except Exception as e:  # a baseline that cannot run is reported, not fatal
-                times, note = {"fwd": None, "bwd": None, "fwd+bwd": None}, f"failed: {e!r}"[:120]
+                notes.append(f"warm-up failed: {e!r}"[:120])
+                warm = False
+
+            def fwd_bwd():
+                f().backward()
+
+            def bwd_only():
+                loss = f()
+                return med(lambda: loss.backward(retain_graph=True), grad_to_none=[x])
+
+            for p, run in (("fwd", lambda: med(f)), ("bwd", bwd_only),
+                           ("fwd+bwd", lambda: med(fwd_bwd, grad_to_none=[x]))):
+                if not warm:
+                    times[p] = None
+                    continue
+                try:
+                    times[p] = run()
+                except Exception as e:
+                    times[p] = None
+                    notes.append(f"{p} failed: {e!r}"[:120])
             for p, t in times.items():
-                rows.append(row(case, "bf16", impl, p, t, note))
+                rows.append(row(case, "bf16", impl, p, t, "; ".join(notes)))
             print(f"  {impl:<26} " + "  ".join(
                 f"{p} {t:.4f} ms" if t is not None else f"{p} -" for p, t in times.items()),
-                flush=True)
+                *notes, flush=True)
+            x.grad = None
 
         # fused under CUDA graphs: forward, and forward+backward in one graph
-        x.grad = None
-        g_fwd = _capture(lambda: C.ccc_loss(x, y, m, red))
-        x.grad = None
-
         def step():
             C.ccc_loss(x, y, m, red).backward()
 
-        g_both = _capture(lambda: (setattr(x, "grad", None), step()))
-        fwd, both = med(g_fwd.replay), med(g_both.replay)
+        x.grad = None
+        try:
+            g_fwd = _capture(lambda: C.ccc_loss(x, y, m, red))
+            x.grad = None
+            g_both = _capture(lambda: (setattr(x, "grad", None), step()))
+            fwd, both, note = med(g_fwd.replay), med(g_both.replay), "graph replay"
+            # the graph computes what eager computes (same loss and gradient bits)
+            g_both.replay()
+            torch.cuda.synchronize()
+            x_grad_graph = x.grad.clone()
+            x.grad = None
+            step()
+            if not torch.equal(x_grad_graph, x.grad):
+                raise RuntimeError("CUDA-graph replay gave a different gradient than eager")
+            del g_fwd, g_both
+        except Exception as e:
+            fwd = both = None
+            note = f"capture failed: {e!r}"[:120]
         for p, t in (("fwd", fwd), ("fwd+bwd", both)):
-            rows.append(row(case, "bf16", "fused + CUDA graph", p, t, "graph replay"))
-        print(f"  {'fused + CUDA graph':<26} fwd {fwd:.4f} ms  fwd+bwd {both:.4f} ms", flush=True)
-        del g_fwd, g_both
+            rows.append(row(case, "bf16", "fused + CUDA graph", p, t, note))
+        print(f"  {'fused + CUDA graph':<26} fwd {fwd} ms  fwd+bwd {both} ms  {note}", flush=True)
         x.grad = None
     return rows
 

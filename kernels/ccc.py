@@ -33,7 +33,9 @@ import triton.language as tl
 # module when the interpreter setting changed (tests switch it on for CPU tensors).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# Rows of the partials buffer [N_PARTIALS, G, n_chunks, K] (fp32).
+# One fp32 workspace per call holds, in order: partials [N_PARTIALS, G, n_chunks, K], stats
+# [N_STATS, G, K], out [K], inv_w [K], loss [1] (one allocation instead of five).
+# Rows of the partials [N_PARTIALS, G, n_chunks, K].
 P_N, P_PX, P_PY, P_MX, P_MY, P_M2X, P_M2Y, P_CXY = range(8)
 N_PARTIALS = 8
 # Rows of the per-(group, target) statistics buffer [N_STATS, G, K] (fp32) kept for backward.
@@ -43,7 +45,7 @@ N_STATS = 6
 
 @triton.jit
 def ccc_partials_kernel(
-    x_ptr, y_ptr, m_ptr, part_ptr,
+    x_ptr, y_ptr, m_ptr, part_ptr,  # part_ptr: the workspace, partials first
     G, L, K, n_chunks,
     sxg, sxl, sxk, syg, syl, syk, smg, sml,
     HAS_MASK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -98,11 +100,20 @@ def ccc_partials_kernel(
 
 @triton.jit
 def ccc_finalize_kernel(
-    part_ptr, stats_ptr, out_ptr, invw_ptr, loss_ptr,
+    ws_ptr, off_stats, off_out, off_invw, off_loss,
     G, K, n_chunks,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One program: merge chunks per group, CCC per (group, target), means, loss."""
+    """One program: merge chunks per group, CCC per (group, target), means, loss.
+
+    ws: the fp32 workspace (layout in affaccel.ops.ccc.workspace_layout): partials at 0, then
+    stats [N_STATS, G, K], out [K], inv_w [K], loss [1] at the given offsets.
+    """
+    part_ptr = ws_ptr
+    stats_ptr = ws_ptr + off_stats
+    out_ptr = ws_ptr + off_out
+    invw_ptr = ws_ptr + off_invw
+    loss_ptr = ws_ptr + off_loss
     stride_q = G * n_chunks * K
     total = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
     for k0 in range(0, K, BLOCK_K):
@@ -179,13 +190,15 @@ def ccc_finalize_kernel(
 
 @triton.jit
 def ccc_backward_kernel(
-    x_ptr, y_ptr, m_ptr, stats_ptr, invw_ptr, gout_ptr, gx_ptr, gy_ptr,
+    x_ptr, y_ptr, m_ptr, ws_ptr, off_stats, off_invw, gout_ptr, gx_ptr, gy_ptr,
     G, L, K, scale,
     sxg, sxl, sxk, syg, syl, syk, smg, sml, s_gout,
     HAS_MASK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GY: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """gx, gy: contiguous [G, L, K] in the inputs' dtypes; every element is written."""
+    stats_ptr = ws_ptr + off_stats
+    invw_ptr = ws_ptr + off_invw
     g = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     kb = tl.program_id(2)

@@ -187,63 +187,75 @@ def _blocks(L: int, K: int):
     return block_l, block_k
 
 
-def ccc_forward_fused(x, y, m, *, partials=None, stats=None, out=None, inv_w=None, loss=None):
-    """Fused forward on x, y: [G, L, K] (any strides), m: [G, L] bool | None.
+def workspace_layout(G: int, n_chunks: int, K: int) -> dict:
+    """Offsets (in fp32 elements) of the parts of the fused CCC workspace, and its size."""
+    from affaccel.kernels.ccc import N_PARTIALS, N_STATS
 
-    Returns (out [K], loss [] , stats [6, G, K], inv_w [K]); all float32. Optional buffers of
-    the right shapes are written into (tests prefill them with NaN).
+    off_stats = N_PARTIALS * G * n_chunks * K
+    off_out = off_stats + N_STATS * G * K
+    return dict(off_stats=off_stats, off_out=off_out, off_invw=off_out + K,
+                off_loss=off_out + 2 * K, size=off_out + 2 * K + 1)
+
+
+def _grid(G: int, L: int, K: int):
+    block_l, block_k = _blocks(L, K)
+    return block_l, block_k, max(1, -(-L // block_l)), -(-K // block_k)
+
+
+def ccc_forward_fused(x, y, m, *, workspace=None):
+    """Fused forward on x, y: [G, L, K] (any strides, fp32/fp16/bf16), m: [G, L] bool | None.
+
+    Returns (out [K], loss [], workspace): float32 views into the workspace, whose layout is
+    given by :func:`workspace_layout` (kept for the backward). A provided workspace of the
+    right size is written into (tests prefill it with NaN: every element must be written).
     """
     kern = _kernels()
     G, L, K = x.shape
-    block_l, block_k = _blocks(L, K)
-    n_chunks = max(1, -(-L // block_l))
-    n_kblocks = -(-K // block_k)
-    dev = x.device
-    f32 = torch.float32
-    if partials is None:
-        partials = torch.empty(kern.N_PARTIALS, G, n_chunks, K, device=dev, dtype=f32)
-    if stats is None:
-        stats = torch.empty(kern.N_STATS, G, K, device=dev, dtype=f32)
-    if out is None:
-        out = torch.empty(K, device=dev, dtype=f32)
-    if inv_w is None:
-        inv_w = torch.empty(K, device=dev, dtype=f32)
-    if loss is None:
-        loss = torch.empty((), device=dev, dtype=f32)
-    mu8 = m.view(torch.uint8) if m is not None else None
-    mp, smg, sml = (mu8, mu8.stride(0), mu8.stride(1)) if m is not None else (x, 0, 0)
+    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K)
+    lay = workspace_layout(G, n_chunks, K)
+    if workspace is None:
+        workspace = torch.empty(lay["size"], device=x.device, dtype=torch.float32)
+    mp, smg, sml = _mask_arg(x, m)
     kern.ccc_partials_kernel[(G, n_chunks, n_kblocks)](
-        x, y, mp, partials, G, L, K, n_chunks,
+        x, y, mp, workspace, G, L, K, n_chunks,
         *x.stride(), *y.stride(), smg, sml,
         HAS_MASK=m is not None, BLOCK_L=block_l, BLOCK_K=block_k)
     block_g = max(1, min(_next_pow2(G), max(1, 1024 // block_k)))
     kern.ccc_finalize_kernel[(1,)](
-        partials, stats, out, inv_w, loss, G, K, n_chunks,
-        BLOCK_G=block_g, BLOCK_K=block_k)
-    return out, loss, stats, inv_w
+        workspace, lay["off_stats"], lay["off_out"], lay["off_invw"], lay["off_loss"],
+        G, K, n_chunks, BLOCK_G=block_g, BLOCK_K=block_k)
+    out = workspace[lay["off_out"]:lay["off_invw"]]
+    return out, workspace[lay["off_loss"]], workspace
 
 
-def ccc_backward_fused(x, y, m, stats, inv_w, grad_out, scale, need_gx=True, need_gy=False,
+def _mask_arg(x, m):
+    """(pointer tensor, stride_g, stride_l) of the mask as uint8; x stands in when m is None."""
+    if m is None:
+        return x, 0, 0
+    mu8 = m.view(torch.uint8)
+    return mu8, mu8.stride(0), mu8.stride(1)
+
+
+def ccc_backward_fused(x, y, m, workspace, grad_out, scale, need_gx=True, need_gy=False,
                        *, gx=None, gy=None):
     """Fused backward: gradients of ``scale * sum_k grad_out[k] * CCC_k`` w.r.t. x and y.
 
-    grad_out: [] (broadcast over K) or [K]. Returns (gx | None, gy | None), contiguous
-    [G, L, K] in the dtypes of x and y; provided buffers are written into (every element).
+    workspace: from :func:`ccc_forward_fused`; grad_out: [] (broadcast over K) or [K].
+    Returns (gx | None, gy | None), contiguous [G, L, K] in the dtypes of x and y; provided
+    buffers are written into (every element, 0 on masked frames).
     """
     kern = _kernels()
     G, L, K = x.shape
-    block_l, block_k = _blocks(L, K)
-    n_chunks = max(1, -(-L // block_l))
-    n_kblocks = -(-K // block_k)
+    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K)
+    lay = workspace_layout(G, n_chunks, K)
     if need_gx and gx is None:
         gx = torch.empty(G, L, K, device=x.device, dtype=x.dtype)
     if need_gy and gy is None:
         gy = torch.empty(G, L, K, device=y.device, dtype=y.dtype)
     s_gout = 0 if grad_out.dim() == 0 else grad_out.stride(0)
-    mu8 = m.view(torch.uint8) if m is not None else None
-    mp, smg, sml = (mu8, mu8.stride(0), mu8.stride(1)) if m is not None else (x, 0, 0)
+    mp, smg, sml = _mask_arg(x, m)
     kern.ccc_backward_kernel[(G, n_chunks, n_kblocks)](
-        x, y, mp, stats, inv_w, grad_out,
+        x, y, mp, workspace, lay["off_stats"], lay["off_invw"], grad_out,
         gx if need_gx else x, gy if need_gy else y,
         G, L, K, float(scale),
         *x.stride(), *y.stride(), smg, sml, s_gout,
@@ -257,18 +269,18 @@ class _FusedCCC(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, m, as_loss: bool):
-        out, loss, stats, inv_w = ccc_forward_fused(x, y, m)
-        ctx.save_for_backward(x, y, m, stats, inv_w)
+        out, loss, workspace = ccc_forward_fused(x, y, m)
+        ctx.save_for_backward(x, y, m, workspace)
         ctx.scale = -1.0 / x.shape[-1] if as_loss else 1.0
         return loss if as_loss else out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, y, m, stats, inv_w = ctx.saved_tensors
+        x, y, m, workspace = ctx.saved_tensors
         need_gx, need_gy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_gx or need_gy):
             return None, None, None, None
-        gx, gy = ccc_backward_fused(x, y, m, stats, inv_w, grad_out, ctx.scale, need_gx, need_gy)
+        gx, gy = ccc_backward_fused(x, y, m, workspace, grad_out, ctx.scale, need_gx, need_gy)
         return gx, gy, None, None
 
 

@@ -2,6 +2,7 @@
 an independent float64 NumPy computation."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -204,7 +205,9 @@ def test_fused_ccc_matches_reference_and_numpy(interp, shape, mask_kind, reducti
 def test_fused_several_chunks_and_target_blocks(interp, small_tiles, shape, reduction):
     """Chunks merged in the finalize kernel (L > BLOCK_L) and K > BLOCK_K (several K-blocks)."""
     x, y, m = make(shape, "random", seed=5)
-    assert -(-shape[-2] // C._blocks(shape[-2], shape[-1])[0]) > 1
+    L = shape[-2] if reduction == "per_window" else math.prod(shape[:-1])
+    _, _, n_chunks, n_kblocks = C._grid(1, L, shape[-1])
+    assert n_chunks > 1 and (n_kblocks > 1 or shape[-1] <= 16)
     (v, gx, gy), (rv, rgx, rgy) = fused_and_ref("ccc_loss", x, y, m, reduction, grad_out=-0.7)
     torch.testing.assert_close(v, rv, **tol("float32"))
     torch.testing.assert_close(gx, rgx, **tol("float32"))
@@ -301,21 +304,18 @@ def test_non_contiguous_inputs(interp):
 def test_nan_prefilled_buffers_fully_written(interp, small_tiles):
     x, y, m = make((3, 40, 3), "empty_window", seed=4)
     G, L, K = x.shape
-    bl, bk = C._blocks(L, K)
-    n_chunks = -(-L // bl)
-    kern = C._kernels()
+    _, _, n_chunks, n_kblocks = C._grid(G, L, K)
+    assert n_chunks > 1
+    lay = C.workspace_layout(G, n_chunks, K)
     nan = float("nan")
-    bufs = dict(partials=torch.full((kern.N_PARTIALS, G, n_chunks, K), nan),
-                stats=torch.full((kern.N_STATS, G, K), nan), out=torch.full((K,), nan),
-                inv_w=torch.full((K,), nan), loss=torch.full((), nan))
-    out, loss, stats, inv_w = C.ccc_forward_fused(x, y, m, **bufs)
-    assert out.data_ptr() == bufs["out"].data_ptr()
-    for name, b in bufs.items():
-        assert not torch.isnan(b).any(), name
+    ws = torch.full((lay["size"],), nan)
+    out, loss, ws_out = C.ccc_forward_fused(x, y, m, workspace=ws)
+    assert ws_out is ws and out.data_ptr() == ws.data_ptr() + 4 * lay["off_out"]
+    assert not torch.isnan(ws).any(), torch.isnan(ws).nonzero()[:5]
     torch.testing.assert_close(out, C.ccc_ref(x, y, m, "per_window"), **tol("float32"))
+    torch.testing.assert_close(loss, C.ccc_loss_ref(x, y, m, "per_window"), **tol("float32"))
     gx, gy = torch.full_like(x, nan), torch.full_like(y, nan)
-    C.ccc_backward_fused(x, y, m, stats, inv_w, torch.tensor(1.0), -1.0 / K, True, True,
-                         gx=gx, gy=gy)
+    C.ccc_backward_fused(x, y, m, ws, torch.tensor(1.0), -1.0 / K, True, True, gx=gx, gy=gy)
     assert not torch.isnan(gx).any() and not torch.isnan(gy).any()
     assert (gx[~m] == 0).all()
     _, (_, rgx, rgy) = fused_and_ref("ccc_loss", x, y, m, "per_window", 1.0)
