@@ -352,9 +352,22 @@ def gather_windows(features: Sequence[Any], index: Any, window: int = 300):
 
 
 def _plan_index(lengths: Sequence[int], w: int, s: int) -> np.ndarray:
-    plans = [plan_windows(n, w, s) for n in lengths]
-    videos = np.repeat(np.arange(len(plans), dtype=np.int64), [len(p) for p in plans])
-    return np.stack([videos, np.concatenate(plans)], axis=1)
+    """plan_windows for every video at once: ``[N, 2]`` int64 ``(video, start)`` rows.
+
+    Vectorized over videos (a loader plans a whole dataset); the tests check it against
+    plan_windows_ref video by video.
+    """
+    n = np.asarray(lengths, dtype=np.int64)
+    regular = np.where(n >= w, (n - w) // s + 1, 0)  # windows at 0, s, 2s, ... that fit
+    tail = (regular == 0) | ((regular - 1) * s + w < n)  # one more, ending at the last frame
+    counts = regular + tail
+    videos = np.repeat(np.arange(len(n), dtype=np.int64), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # row of each video's first window
+    k = np.arange(len(videos), dtype=np.int64) - first  # window number within its video
+    starts = k * s
+    is_tail = k == regular[videos]
+    starts[is_tail] = np.maximum(n[videos[is_tail]] - w, 0)
+    return np.stack([videos, starts], axis=1)
 
 
 def _split_offsets(features: Any, offsets: Any) -> tuple[list[np.ndarray], Any]:

@@ -16,6 +16,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "bindings.h"
 #include "half.h"
 #include "parallel.h"
@@ -25,8 +29,9 @@ namespace py = pybind11;
 namespace affaccel {
 namespace {
 
-// Below this many bytes of work, starting threads costs more than it saves.
-constexpr int64_t kMinBytesPerThread = 1 << 18;
+// Below this many bytes of work per thread, starting threads costs more than it saves (a
+// thread start on a loaded machine can wait a scheduler tick, ~4 ms).
+constexpr int64_t kMinBytesPerThread = int64_t{1} << 22;
 // Frames per work item of overlap_average: the accumulator (frames x K doubles) stays in L2.
 constexpr int64_t kFrameChunk = 1024;
 
@@ -93,6 +98,42 @@ void copy_row(char* dst, const char* src, int64_t cols, int64_t col_stride, int6
   }
 }
 
+// Outputs larger than this are written with non-temporal stores: they cannot stay in cache
+// anyway, and streaming skips the read-for-ownership of every destination line (what glibc's
+// memcpy does for large copies too).
+constexpr int64_t kStreamMinBytes = int64_t{32} << 20;
+
+// memcpy with non-temporal stores where SSE2 is there (every x86-64); plain memcpy elsewhere.
+void stream_copy(char* dst, const char* src, int64_t n) {
+#if defined(__SSE2__)
+  const int64_t head = std::min<int64_t>(n, (16 - (reinterpret_cast<uintptr_t>(dst) & 15)) & 15);
+  std::memcpy(dst, src, static_cast<size_t>(head));
+  dst += head;
+  src += head;
+  n -= head;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, static_cast<size_t>(n - i));
+#else
+  std::memcpy(dst, src, static_cast<size_t>(n));
+#endif
+}
+
+void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();  // order the non-temporal stores before the caller reads the output
+#endif
+}
+
 // windows[b] = features[video_b][start_b : start_b + window], zero-padded; mask[b] marks
 // the copied frames. Any element type: the copy is bytewise, so float16 and bfloat16 (passed as
 // raw 16-bit integers) are never converted.
@@ -155,6 +196,8 @@ void gather_windows(const py::list& features, const py::array& index, int64_t wi
   const int threads = resolve_threads(
       num_threads, std::min(n_windows, n_windows * window_bytes / kMinBytesPerThread + 1));
 
+  const bool stream = n_windows * window_bytes >= kStreamMinBytes;
+
   py::gil_scoped_release nogil;
   parallel_for(n_windows, threads, [&](int64_t b) {
     const int64_t v = idx[2 * b], start = idx[2 * b + 1];
@@ -162,8 +205,9 @@ void gather_windows(const py::list& features, const py::array& index, int64_t wi
     const int64_t n = std::min(window, s.rows - start);
     char* dst = out_ptr + b * window_bytes;
     const char* from = s.data + start * s.row_stride;
-    if (s.col_stride == itemsize && s.row_stride == row_bytes) {
-      std::memcpy(dst, from, static_cast<size_t>(n * row_bytes));  // rows back to back
+    if (s.col_stride == itemsize && s.row_stride == row_bytes) {  // rows back to back
+      if (stream) stream_copy(dst, from, n * row_bytes);
+      else std::memcpy(dst, from, static_cast<size_t>(n * row_bytes));
     } else {
       for (int64_t r = 0; r < n; ++r)
         copy_row(dst + r * row_bytes, from + r * s.row_stride, cols, s.col_stride, itemsize);
@@ -172,6 +216,7 @@ void gather_windows(const py::list& features, const py::array& index, int64_t wi
     uint8_t* m = mask_ptr + b * window;
     std::memset(m, 1, static_cast<size_t>(n));
     std::memset(m + n, 0, static_cast<size_t>(window - n));
+    if (stream) stream_fence();
   });
 }
 
@@ -197,18 +242,46 @@ struct Preds {
 };
 
 // acc[t, :] += wt * preds[i, j, :] over the frames t of one window that fall in [lo, hi).
-template <Kind K>
+// Contig: the K outputs of a position are adjacent (stride known at compile time), which lets
+// the compiler vectorize the inner loop; otherwise any byte stride.
+template <Kind K, bool Contig>
 void accumulate_window(double* acc, double* wsum, int64_t chunk_start, int64_t lo, int64_t hi,
                        int64_t start, const char* pred_row0, const Preds& p, int64_t n_out,
                        const double* weights) {
+  constexpr int64_t item = K == Kind::kFloat32 ? 4 : 2;
+  const int64_t s2 = Contig ? item : p.s2;
   for (int64_t t = lo; t < hi; ++t) {
     const int64_t j = t - start;
     const double wt = weights[j];
     wsum[t - chunk_start] += wt;
     double* a = acc + (t - chunk_start) * n_out;
     const char* row = pred_row0 + j * p.s1;
-    for (int64_t k = 0; k < n_out; ++k) a[k] += wt * static_cast<double>(load<K>(row + k * p.s2));
+    for (int64_t k = 0; k < n_out; ++k) a[k] += wt * static_cast<double>(load<K>(row + k * s2));
   }
+}
+
+// The common layout, preds [N, w, K] C-contiguous: the frames [lo, hi) of one window are one
+// block of (hi - lo) * K values, added with per-element weights wexp[j * K + k] = weights[j] in a
+// single flat loop the compiler vectorizes (no per-frame loop overhead or aliasing checks).
+template <Kind K>
+void accumulate_block(double* __restrict acc, const char* __restrict src,
+                      const double* __restrict wexp, int64_t count) {
+  constexpr int64_t item = K == Kind::kFloat32 ? 4 : 2;
+  for (int64_t i = 0; i < count; ++i) acc[i] += wexp[i] * static_cast<double>(load<K>(src + i * item));
+}
+
+template <Kind K>
+void accumulate_any(int layout, double* acc, double* wsum, int64_t chunk_start, int64_t lo,
+                    int64_t hi, int64_t start, const char* row0, const Preds& p, int64_t n_out,
+                    const double* weights, const double* wexp) {
+  if (layout == 2) {
+    for (int64_t t = lo; t < hi; ++t) wsum[t - chunk_start] += weights[t - start];
+    accumulate_block<K>(acc + (lo - chunk_start) * n_out, row0 + (lo - start) * p.s1,
+                        wexp + (lo - start) * n_out, (hi - lo) * n_out);
+  } else if (layout == 1)
+    accumulate_window<K, true>(acc, wsum, chunk_start, lo, hi, start, row0, p, n_out, weights);
+  else
+    accumulate_window<K, false>(acc, wsum, chunk_start, lo, hi, start, row0, p, n_out, weights);
 }
 
 // out[offset_v + t] = sum_i w[t - s_i] preds[i, t - s_i] / sum_i w[t - s_i] over the windows i
@@ -289,6 +362,12 @@ int64_t overlap_average(const py::array& preds, const std::string& kind, const p
 
   const Preds p{static_cast<const char*>(preds.data()), preds.strides(0), preds.strides(1),
                 preds.strides(2)};
+  // 2: each window position's K values adjacent and positions back to back; 1: K values
+  // adjacent; 0: any strides.
+  const int64_t item = dt.itemsize();
+  const int layout = p.s2 != item ? 0 : (p.s1 == n_out * item ? 2 : 1);
+  std::vector<double> wexp(layout == 2 ? static_cast<size_t>(window * n_out) : 0);
+  for (size_t e = 0; e < wexp.size(); ++e) wexp[e] = w[e / static_cast<size_t>(n_out)];
   float* out_ptr = static_cast<float*>(out.mutable_data());
   const int64_t work_bytes = n_windows * window * n_out * static_cast<int64_t>(dt.itemsize());
   const int threads = resolve_threads(
@@ -311,13 +390,16 @@ int64_t overlap_average(const py::array& preds, const std::string& kind, const p
         const char* row0 = p.data + i * p.s0;
         switch (k) {
           case Kind::kFloat32:
-            accumulate_window<Kind::kFloat32>(acc.data(), wsum.data(), a, lo, hi, s, row0, p, n_out, w.data());
+            accumulate_any<Kind::kFloat32>(layout, acc.data(), wsum.data(), a, lo, hi, s, row0, p,
+                                           n_out, w.data(), wexp.data());
             break;
           case Kind::kFloat16:
-            accumulate_window<Kind::kFloat16>(acc.data(), wsum.data(), a, lo, hi, s, row0, p, n_out, w.data());
+            accumulate_any<Kind::kFloat16>(layout, acc.data(), wsum.data(), a, lo, hi, s, row0, p,
+                                           n_out, w.data(), wexp.data());
             break;
           case Kind::kBFloat16:
-            accumulate_window<Kind::kBFloat16>(acc.data(), wsum.data(), a, lo, hi, s, row0, p, n_out, w.data());
+            accumulate_any<Kind::kBFloat16>(layout, acc.data(), wsum.data(), a, lo, hi, s, row0,
+                                            p, n_out, w.data(), wexp.data());
             break;
         }
       }

@@ -463,3 +463,24 @@ def test_cuda_tensors_take_the_torch_path():
     np.testing.assert_allclose(out.cpu().numpy(),
                                S.overlap_average_ref(preds.cpu().numpy(), starts, 1234, "hann"),
                                **tol("float32"))
+
+
+def test_large_output_streaming_path(engine):
+    """Outputs >= 32 MB take the non-temporal-store copy; D odd so window rows are unaligned."""
+    x = rand((1600, 7001), "float16", seed=11)
+    windows, mask = S.assemble_windows(x)
+    assert windows.nbytes >= 32 << 20
+    starts = S.plan_windows(1600)
+    for i, a in enumerate(starts):
+        valid = min(W, 1600 - a)
+        np.testing.assert_array_equal(windows[i, :valid], x[a:a + valid])
+    assert mask.all()
+
+
+@HYP
+@given(lengths=st.lists(st.integers(1, 2000), min_size=1, max_size=20), w=st.integers(1, 400),
+       data=st.data())
+def test_vectorized_batch_plan_matches_per_video_reference(lengths, w, data):
+    s = data.draw(st.integers(1, w))
+    want = [(v, a) for v, n in enumerate(lengths) for a in S.plan_windows_ref(n, w, s)]
+    np.testing.assert_array_equal(S._plan_index(lengths, w, s), np.asarray(want, np.int64))
