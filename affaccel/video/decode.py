@@ -187,8 +187,39 @@ def packet_timestamps(path) -> np.ndarray:
 # PyAV
 
 
-def _iter_pyav(path: str, device: str, batch_size: int) -> Iterator[FrameBatch]:
+# A file whose packets keep failing is not worth reading on: stop after this many in a row.
+MAX_CONSECUTIVE_BAD_PACKETS = 50
+
+
+def _pyav_frames(path: str, container, stream):
+    """Decoded frames of ``stream``, packet by packet. A packet that fails to decode is
+    skipped (as the ffmpeg tool does) and counted; one warning summarises them at the end."""
     av = _av()
+    bad, in_a_row, first_error = 0, 0, None
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as e:  # the container itself breaks off
+            bad, first_error = bad + 1, first_error or e
+            break
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError as e:
+            bad, in_a_row, first_error = bad + 1, in_a_row + 1, first_error or e
+            if in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS:
+                break
+            continue
+        in_a_row = 0
+        yield from decoded
+    if bad:
+        warnings.warn(f"{path}: {bad} packet(s) could not be decoded and were skipped "
+                      f"(corrupt or truncated file; first error: {first_error})", stacklevel=4)
+
+
+def _iter_pyav(path: str, device: str, batch_size: int) -> Iterator[FrameBatch]:
     container, stream = _open(path)
     # Frame threading: several frames decode at once (the default slices one frame).
     stream.thread_type = "AUTO"
@@ -198,24 +229,16 @@ def _iter_pyav(path: str, device: str, batch_size: int) -> Iterator[FrameBatch]:
     frames, stamps = [], []
     last_ts = math.nan
     n_done = 0
+    n_backwards = 0
     with container:
-        decoder = container.decode(stream)
-        while True:
-            try:
-                frame = next(decoder)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:
-                if n_done + len(frames) == 0:
-                    raise VideoDecodeError(path, f"no frame could be decoded ({e})") from None
-                warnings.warn(
-                    f"{path}: decoding stopped after {n_done + len(frames)} frames "
-                    f"(truncated or corrupt file: {e})", stacklevel=3,
-                )
-                break
+        for frame in _pyav_frames(path, container, stream):
+            ts = _frame_time(frame, tb, rate, n_done + len(frames))
+            if ts <= last_ts:  # a corrupt packet's time: display order must move forward
+                n_backwards += 1
+                continue
             frames.append(frame.to_ndarray(format="rgb24"))
-            stamps.append(_frame_time(frame, tb, rate, n_done + len(frames) - 1))
-            last_ts = stamps[-1]
+            stamps.append(ts)
+            last_ts = ts
             if len(frames) == batch_size:
                 yield _make_batch(frames, stamps, n_done, device)
                 n_done += len(frames)
@@ -224,7 +247,10 @@ def _iter_pyav(path: str, device: str, batch_size: int) -> Iterator[FrameBatch]:
             yield _make_batch(frames, stamps, n_done, device)
             n_done += len(frames)
     if n_done == 0:
-        raise VideoDecodeError(path, "the video stream holds no decodable frame")
+        raise VideoDecodeError(path, "no frame of the video stream could be decoded")
+    if n_backwards:
+        warnings.warn(f"{path}: dropped {n_backwards} frame(s) whose timestamp did not follow "
+                      "the previous frame's (corrupt timestamps)", stacklevel=3)
     _warn_if_short(path, last_ts, declared_end, rate or 0.0)
 
 
@@ -284,6 +310,7 @@ def _dali_pipeline(device: str, num_threads: int, device_id):
 
 def _iter_dali(path: str, device: str, batch_size: int, max_chunk_bytes: int,
                num_threads: int = 2) -> Iterator[FrameBatch]:
+    """Checks (codec, frame count) run now; decoding runs as the returned iterator advances."""
     info = probe_video(path)
     codecs = DALI_CPU_CODECS if device == "cpu" else DALI_GPU_CODECS
     if info.codec not in codecs:
@@ -297,7 +324,11 @@ def _iter_dali(path: str, device: str, batch_size: int, max_chunk_bytes: int,
     frame_bytes = max(1, info.width * info.height * 3)
     chunk = max(batch_size, max_chunk_bytes // frame_bytes)
     chunk = min(n, -(-chunk // batch_size) * batch_size)  # whole batches per chunk
+    return _dali_chunks(path, device, batch_size, chunk, stamps, num_threads)
 
+
+def _dali_chunks(path, device, batch_size, chunk, stamps, num_threads):
+    n = int(stamps.shape[0])
     if device == "cpu":
         device_id = None
     else:
@@ -319,11 +350,11 @@ def _iter_dali(path: str, device: str, batch_size: int, max_chunk_bytes: int,
                 (out,) = pipe.run()
                 frames = _dali_to_array(out, device)
         except RuntimeError as e:
-            _drop_pipeline(device, num_threads, device_id)  # DALI may leave it unusable
-            if done == 0:
-                raise VideoDecodeError(path, f"DALI could not decode the video ({e})") from None
-            warnings.warn(f"{path}: DALI decoding stopped after {done} frames "
-                          f"(truncated or corrupt file: {e})", stacklevel=3)
+            _drop_pipeline(device, num_threads, device_id)  # DALI leaves it unusable
+            # FFmpeg skips what it cannot decode and goes on; decode what can be decoded
+            warnings.warn(f"{path}: DALI failed after {done} frames ({_dali_reason(e)}); "
+                          "decoding the rest with PyAV", stacklevel=3)
+            yield from _pyav_from(path, device, batch_size, done)
             return
         got = int(frames.shape[0])
         for b in range(0, got, batch_size):
@@ -334,6 +365,23 @@ def _iter_dali(path: str, device: str, batch_size: int, max_chunk_bytes: int,
             warnings.warn(f"{path}: {n} frames in the container, DALI decoded {done} "
                           "(truncated or corrupt file)", stacklevel=3)
             return
+
+
+def _pyav_from(path, device, batch_size, first: int) -> Iterator[FrameBatch]:
+    """PyAV batches of ``path`` from frame index ``first`` on."""
+    for b in _iter_pyav(path, device, batch_size):
+        k = max(0, first - b.start_index)
+        if k < len(b):
+            yield FrameBatch(b.frames[k:], b.timestamps_s[k:], b.start_index + k)
+
+
+def _dali_reason(err: Exception) -> str:
+    """The informative line of a (long, multi-line) DALI pipeline error."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("Assert", "Error", "Failed", "Unsupported")) and "operator" not in ln:
+            return ln
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def _drop_pipeline(*key) -> None:

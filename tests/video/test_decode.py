@@ -68,7 +68,7 @@ def test_h264_through_pyav_on_cpu(media):
     src = np.stack([pattern_frame(i, 120, 160) for i in range(30)])
     assert np.abs(frames.astype(np.int16) - src).mean() < 4
     with pytest.raises(VideoDecodeError, match=r"clip\.mp4.*h264"):
-        next(iter_video(media["h264"], backend="dali"))
+        iter_video(media["h264"], backend="dali")
 
 
 def test_backend_choice(media):
@@ -155,6 +155,22 @@ def test_truncated_file(media, tmp_path, backend):
     stub.write_bytes(data[: len(data) // 10])
     with pytest.raises(VideoDecodeError, match="stub.webm"):
         read_video(stub, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "dali"])
+def test_corrupt_middle_decodes_what_it_can(media, tmp_path, backend):
+    data = bytearray(media["vp9"].read_bytes())
+    rng = np.random.default_rng(0)
+    for pos in rng.integers(len(data) // 3, 2 * len(data) // 3, 200):
+        data[pos] = rng.integers(0, 256)
+    bad = tmp_path / "corrupt.webm"
+    bad.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frames, ts = read_video(bad, backend=backend)   # no exception: some frames decode
+    assert 0 < len(frames) < 40 and len(ts) == len(frames)
+    assert ts[0] == 0 and np.all(np.diff(ts) > 0)   # frames with corrupt times are dropped
+    assert any("corrupt.webm" in str(w.message) for w in caught)
 
 
 def test_bad_arguments(media):
