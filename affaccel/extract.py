@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="CRC-check cached entries before skipping")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # affaccel's own messages at INFO; open_clip logs its model building on the root logger
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("affaccel").setLevel(logging.INFO)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -211,8 +211,12 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
     from affaccel import distributed as dist
     from affaccel.nn.clip import FinetuneModel, build_encoder, load_finetune_checkpoint
 
+    import torch.distributed as tdist
+
     cfg = cfg or FinetuneConfig()
     out = Path(out_dir)
+    # A caller already inside a process group (e.g. the main job under torchrun) keeps it.
+    owns_group = not (tdist.is_available() and tdist.is_initialized())
     info = dist.init_from_env(device)
     if info.distributed and str(device).startswith("cuda"):
         device = f"cuda:{info.local_rank}"
@@ -296,7 +300,8 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
             dist.barrier()
         return best_path
     finally:
-        dist.cleanup()
+        if owns_group:
+            dist.cleanup()
 
 
 def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, micro_per_epoch,
@@ -397,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     from affaccel import env
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # affaccel's own messages at INFO; open_clip logs its model building on the root logger
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("affaccel").setLevel(logging.INFO)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = config_from_args(args, device.startswith("cuda"))
     out = Path(args.out) if args.out else env.home() / "runs" / "finetune"
