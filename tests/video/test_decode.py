@@ -10,7 +10,7 @@ from affaccel.video import decode
 from affaccel.video.decode import (VideoDecodeError, choose_backend, iter_video, probe_video,
                                    read_video)
 
-from _video_media import encode_video, pattern_frame
+from _video_media import pattern_frame
 
 # DALI and PyAV convert YUV 4:2:0 to RGB with different chroma upsampling: frames agree to
 # about one level on average, a few levels at sharp colour edges (measured: mean 0.5-1.7).
