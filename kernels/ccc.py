@@ -58,15 +58,16 @@ def ccc_partials_kernel(
     in_l = offs_l < L
     in_k = offs_k < K
     if HAS_MASK:
-        valid = tl.load(m_ptr + g * smg + offs_l * sml, mask=in_l, other=0) != 0
+        valid = tl.load(m_ptr + g * smg + offs_l.to(tl.int64) * sml, mask=in_l, other=0) != 0
         valid = valid & in_l
     else:
         valid = in_l
     tile = valid[:, None] & in_k[None, :]
+    rows = offs_l.to(tl.int64)  # 64-bit addressing: strided views of large inputs
     # Masked frames are never loaded: whatever they hold (NaN, -5 sentinels) cannot leak in.
-    x = tl.load(x_ptr + g * sxg + offs_l[:, None] * sxl + offs_k[None, :] * sxk,
+    x = tl.load(x_ptr + g * sxg + rows[:, None] * sxl + offs_k[None, :] * sxk,
                 mask=tile, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + g * syg + offs_l[:, None] * syl + offs_k[None, :] * syk,
+    y = tl.load(y_ptr + g * syg + rows[:, None] * syl + offs_k[None, :] * syk,
                 mask=tile, other=0.0).to(tl.float32)
 
     n = tl.sum(valid.to(tl.float32), axis=0)
@@ -207,15 +208,16 @@ def ccc_backward_kernel(
     in_l = offs_l < L
     in_k = offs_k < K
     if HAS_MASK:
-        valid = tl.load(m_ptr + g * smg + offs_l * sml, mask=in_l, other=0) != 0
+        valid = tl.load(m_ptr + g * smg + offs_l.to(tl.int64) * sml, mask=in_l, other=0) != 0
         valid = valid & in_l
     else:
         valid = in_l
     tile = valid[:, None] & in_k[None, :]
     bounds = in_l[:, None] & in_k[None, :]
-    x = tl.load(x_ptr + g * sxg + offs_l[:, None] * sxl + offs_k[None, :] * sxk,
+    rows = offs_l.to(tl.int64)
+    x = tl.load(x_ptr + g * sxg + rows[:, None] * sxl + offs_k[None, :] * sxk,
                 mask=tile, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + g * syg + offs_l[:, None] * syl + offs_k[None, :] * syk,
+    y = tl.load(y_ptr + g * syg + rows[:, None] * syl + offs_k[None, :] * syk,
                 mask=tile, other=0.0).to(tl.float32)
 
     stride_s = G * K
@@ -229,7 +231,7 @@ def ccc_backward_kernel(
     inv_w = tl.load(invw_ptr + offs_k, mask=in_k, other=0.0)
     gout = tl.load(gout_ptr + offs_k * s_gout, mask=in_k, other=0.0).to(tl.float32)
     a = (coef * inv_w * gout * scale)[None, :]
-    out_idx = (g * L + offs_l[:, None]) * K + offs_k[None, :]
+    out_idx = (g * L + rows[:, None]) * K + offs_k[None, :]
     if NEED_GX:
         # (x_i - my) and (y_i - my) with my = hy + ly: x_i - hy is exact near hy.
         gx = a * (((y - hy[None, :]) - ly[None, :])

@@ -56,6 +56,9 @@ def _as_groups(pred, target, mask, reduction):
         raise ValueError(
             f"ccc: pred must be [N, K] or [..., T, K] (at least 2 dims), got shape "
             f"{tuple(pred.shape)}")
+    if pred.shape[-1] == 0:
+        raise ValueError(f"ccc: pred must have at least one target (last dim K >= 1), got shape "
+                         f"{tuple(pred.shape)}")
     if pred.device != target.device:
         raise ValueError(f"ccc: pred is on {pred.device} but target on {target.device}")
     if reduction not in REDUCTIONS:
@@ -98,6 +101,8 @@ def _group_ccc_ref(x, y, m):
     G, L, K = x.shape
     if m is None:
         m = torch.ones(G, L, dtype=torch.bool, device=x.device)
+    if L == 0:  # no frame at all: every group is empty (kept in the graph for autograd)
+        return x.sum(1) * 0 + y.sum(1) * 0, torch.zeros(G, dtype=torch.bool, device=x.device)
     valid = m.unsqueeze(-1)  # [G, L, 1]
     n = m.sum(1, keepdim=True).to(dt)  # [G, 1]
     n1 = n.clamp(min=1)

@@ -287,6 +287,16 @@ def test_degenerate_inputs_defined_and_finite(interp):
     assert v.item() == 1.0 and torch.equal(gx, torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("shape,reduction", [((0, 2), "global"), ((2, 0, 2), "per_window"),
+                                             ((0, 5, 2), "per_window")])
+def test_empty_inputs(interp, shape, reduction):
+    x, y = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    loss = C.ccc_loss(x, y, None, reduction)
+    loss.backward()
+    assert loss.item() == 1.0 and x.grad.shape == shape and y.grad.shape == shape
+    assert torch.equal(C.ccc(x, y, None, reduction), torch.zeros(2))
+
+
 def test_non_contiguous_inputs(interp):
     gen = torch.Generator().manual_seed(2)
     big = torch.randn(3, 2 * 19, 5, generator=gen)
@@ -333,6 +343,11 @@ def test_half_inputs_fp32_math(interp, dtype):
     torch.testing.assert_close(v, rv, **tol("float32"))
     torch.testing.assert_close(gx.float(), rgx, **tol(dtype))
     torch.testing.assert_close(gy.float(), rgy, **tol(dtype))
+    # mixed dtypes, as under autocast: half predictions, float32 targets
+    (v, gx, gy), _ = fused_and_ref("ccc_loss", x, y.float(), m, "global", 1.0)
+    assert gx.dtype == dtype and gy.dtype == torch.float32
+    torch.testing.assert_close(v, rv, **tol("float32"))
+    torch.testing.assert_close(gy, rgy, **tol(dtype))
 
 
 def test_deterministic(interp, small_tiles):
@@ -386,6 +401,7 @@ def test_public_names_and_callable_module():
     (dict(pred=torch.zeros(4, 2), target=torch.zeros(4, 2), mask=torch.ones(3, dtype=torch.bool)),
      r"shape pred.shape\[:-1\]"),
     (dict(pred=torch.zeros(4, 2), target=torch.zeros(4, 2), reduction="mean"), "reduction"),
+    (dict(pred=torch.zeros(4, 0), target=torch.zeros(4, 0)), "at least one target"),
 ])
 def test_bad_input_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
