@@ -107,7 +107,9 @@ def _group_ccc_ref(x, y, m):
     n = m.sum(1, keepdim=True).to(dt)  # [G, 1]
     n1 = n.clamp(min=1)
     first = m.to(torch.uint8).argmax(1).view(G, 1, 1).expand(G, 1, K)  # 0 if none valid
-    px, py = x.gather(1, first), y.gather(1, first)  # [G, 1, K]
+    has = n.view(G, 1, 1) > 0  # an empty group's "pilot" is a masked value: never use it
+    px = torch.where(has, x.gather(1, first), 0.0)  # [G, 1, K]
+    py = torch.where(has, y.gather(1, first), 0.0)
     dx = torch.where(valid, x - px, 0.0)
     dy = torch.where(valid, y - py, 0.0)
     mdx, mdy = dx.sum(1) / n1, dy.sum(1) / n1  # [G, K]: mean - pilot

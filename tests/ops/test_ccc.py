@@ -222,20 +222,22 @@ def test_target_without_grad(interp):
 
 
 # --------------------------------------------------------------------------- properties
+@pytest.mark.parametrize("reduction", ["global", "per_window"])
 @pytest.mark.parametrize("path", ["fused", "reference"])
-def test_masked_frames_truly_ignored(request, path):
+def test_masked_frames_truly_ignored(request, path, reduction):
     if path == "fused":
         request.getfixturevalue("interp")
     fn = C.ccc_loss if path == "fused" else C.ccc_loss_ref
-    x, y, m = make((2, 13, 2), "random", seed=7)
+    x, y, m = make((3, 13, 2), "empty_window", seed=7)  # window 0: no valid frame
     x2, y2 = x.clone(), y.clone()
     x2[~m] = torch.tensor([float("nan"), 1e6])
     y2[~m] = -5.0  # Aff-Wild2's invalid-VA sentinel
+    y2[0, 0] = float("inf")
     grads = []
     for a, b in ((x, y), (x2, y2)):
         a = a.clone().requires_grad_(True)
         b = b.clone().requires_grad_(True)
-        loss = fn(a, b, m, "global")
+        loss = fn(a, b, m, reduction)
         loss.backward()
         grads.append((loss.detach(), a.grad, b.grad))
     (l1, gx1, gy1), (l2, gx2, gy2) = grads
