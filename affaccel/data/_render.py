@@ -81,7 +81,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         eye_h=rng.uniform(0.075, 0.095), brow_gap=rng.uniform(0.15, 0.2),
         brow_thick=rng.uniform(0.035, 0.06), nose_len=rng.uniform(0.3, 0.4),
         mouth_w=rng.uniform(0.3, 0.4), lip_t=rng.uniform(0.04, 0.065),
-        rest_curve=rng.uniform(-0.03, 0.03), glasses=bool(rng.random() < 0.15),
+        rest_curve=rng.uniform(-0.05, 0.05), glasses=bool(rng.random() < 0.15),
         bg=_colour(bg), bg2=_colour(bg * rng.uniform(0.6, 1.2, 3)),
     )
 
@@ -230,7 +230,7 @@ def _eyes(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
     arousal01 = 0.5 * (st.arousal + 1.0)
     # arousal widens the eyes; AU7 tightens the lids; AU6 pushes the lower lid up; blinks close.
-    opening = idt.eye_h * (0.7 + 0.55 * arousal01) * (1 + st.eye_jitter)
+    opening = idt.eye_h * (0.6 + 0.8 * arousal01) * (1 + st.eye_jitter)
     opening *= (1 - 0.5 * a[AU7]) * (1 - 0.3 * a[AU6]) * (1 - st.blink)
     ey = -0.05
     for side in (-1, 1):
@@ -259,7 +259,7 @@ def _eyes(d, pose, idt: Identity, st: FaceState, skin_dark):
 
 def _brows(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
-    base = -0.05 - idt.brow_gap - 0.04 * st.arousal + st.brow_jitter
+    base = -0.05 - idt.brow_gap - 0.07 * st.arousal + st.brow_jitter
     for side in (-1, 1):
         # AU1 raises the inner end, AU2 the outer end, AU4 lowers and pulls the inner end in.
         inner_y = base - 0.13 * a[AU1] + 0.1 * a[AU4]
@@ -308,10 +308,10 @@ def _mouth(d, pose, idt: Identity, st: FaceState):
     v = st.valence
     arousal_pos = max(st.arousal, 0.0)
     # corners: valence and AU12 pull up, AU15 pulls down (v axis points down)
-    curve = -(0.11 * v + 0.11 * a[AU12] - 0.12 * a[AU15] + idt.rest_curve + st.curve_jitter)
+    curve = -(0.16 * v + 0.12 * a[AU12] - 0.13 * a[AU15] + idt.rest_curve + st.curve_jitter)
     half_w = idt.mouth_w * (1 + 0.2 * a[AU12] - 0.25 * a[AU23] - 0.1 * a[AU24] + 0.04 * v)
     lip = idt.lip_t * (1 - 0.6 * a[AU24] - 0.45 * a[AU23])
-    gap = 0.05 * a[AU25] + 0.12 * a[AU26] * (0.3 + 0.7 * a[AU25]) + 0.015 * arousal_pos
+    gap = 0.05 * a[AU25] + 0.12 * a[AU26] * (0.3 + 0.7 * a[AU25]) + 0.02 * arousal_pos
     lift = 0.06 * a[AU10]
     yc = 0.02 + idt.nose_len + 0.17 + 0.5 * gap + 0.06 * a[AU26]
     s2 = _S ** 2

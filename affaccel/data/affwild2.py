@@ -79,9 +79,9 @@ def _check_values(path, task: str, arr: np.ndarray, first_line: int) -> np.ndarr
     if bad.any():
         i = int(np.argmax(bad))
         j = int(np.argmax(~ok[i]))
-        raise AnnotationError(path, first_line + i,
-                              f"value {arr[i, j]!r} of column {spec.columns[j] if arr.shape[1] > 1 else spec.name!s} "
-                              f"out of range; expected {allowed}")
+        column = spec.columns[j] if arr.shape[1] > 1 else spec.name
+        raise AnnotationError(path, first_line + i, f"value {float(arr[i, j]):g} of column "
+                              f"{column} out of range; expected {allowed}")
     return ~marker.any(axis=1)
 
 
@@ -112,15 +112,17 @@ def _parse_body_ref(path, task: str, lines: list[str], first_line: int) -> np.nd
 
 
 def _parse_body_fast(text: str, ncols: int, nrows: int) -> np.ndarray | None:
-    """np.loadtxt (C parser) on the body; None when anything is off (the reference then finds
-    and reports the bad line)."""
+    """Parse the body with pandas' C reader into ``[nrows, ncols]`` float64; None when anything is
+    off (wrong field count, a non-number, NaN), and the reference parser then finds and reports
+    the bad line. Several times faster than Python or np.loadtxt on the 12-column AU files."""
     if nrows == 0:
         return np.zeros((0, ncols))
+    import pandas as pd
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError:
+        arr = pd.read_csv(io.StringIO(text), header=None, dtype=np.float64, engine="c",
+                          skipinitialspace=True, skip_blank_lines=False).to_numpy()
+    except (ValueError, pd.errors.ParserError):
         return None
     if arr.shape != (nrows, ncols) or not np.isfinite(arr).all():
         return None

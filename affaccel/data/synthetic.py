@@ -52,7 +52,7 @@ MANIFEST = "synthetic.json"
 # from the validation split first). Encoding VP9 is the slow part, hence a subset.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_train=5, n_val=3, n_frames=(60, 120), raw_videos="val"),
-    "default": dict(n_train=20, n_val=6, n_frames=(300, 540), raw_videos=2),
+    "default": dict(n_train=32, n_val=8, n_frames=(240, 420), raw_videos=2),
     "large": dict(n_train=60, n_val=16, n_frames=(400, 900), raw_videos=4),
 }
 
@@ -530,8 +530,8 @@ def _parse_raw_spec(value):
     return value
 
 
-def generate(out: str | os.PathLike, *, n_train: int = 20, n_val: int = 6,
-             n_frames: tuple[int, int] = (300, 540), seed: int = 0, image_size: int = 112,
+def generate(out: str | os.PathLike, *, n_train: int = 32, n_val: int = 8,
+             n_frames: tuple[int, int] = (240, 420), seed: int = 0, image_size: int = 112,
              raw_videos="val", video_size: tuple[int, int] = (480, 360),
              workers: int | None = None, preset: str = "custom", overwrite: bool = False,
              progress: bool = True) -> Path:
