@@ -34,7 +34,7 @@ import triton.language as tl
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # One fp32 workspace per call holds, in order: partials [N_PARTIALS, G, n_chunks, K], stats
-# [N_STATS, G, K], out [K], inv_w [K], loss [1] (one allocation instead of five).
+# [N_STATS, G, K], inv_w [K] (one allocation instead of three).
 # Rows of the partials [N_PARTIALS, G, n_chunks, K].
 P_N, P_PX, P_PY, P_MX, P_MY, P_M2X, P_M2Y, P_CXY = range(8)
 N_PARTIALS = 8
@@ -101,20 +101,18 @@ def ccc_partials_kernel(
 
 @triton.jit
 def ccc_finalize_kernel(
-    ws_ptr, off_stats, off_out, off_invw, off_loss,
+    ws_ptr, out_ptr, loss_ptr, off_stats, off_invw,
     G, K, n_chunks,
     BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One program: merge chunks per group, CCC per (group, target), means, loss.
 
     ws: the fp32 workspace (layout in affaccel.ops.ccc.workspace_layout): partials at 0, then
-    stats [N_STATS, G, K], out [K], inv_w [K], loss [1] at the given offsets.
+    stats [N_STATS, G, K] and inv_w [K] at the given offsets. out: [K], loss: [] (fp32).
     """
     part_ptr = ws_ptr
     stats_ptr = ws_ptr + off_stats
-    out_ptr = ws_ptr + off_out
     invw_ptr = ws_ptr + off_invw
-    loss_ptr = ws_ptr + off_loss
     stride_q = G * n_chunks * K
     total = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
     for k0 in range(0, K, BLOCK_K):

@@ -33,6 +33,7 @@ import os
 import sys
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from affaccel.ops._dispatch import use_triton
 
@@ -199,9 +200,8 @@ def workspace_layout(G: int, n_chunks: int, K: int) -> dict:
     from affaccel.kernels.ccc import N_PARTIALS, N_STATS
 
     off_stats = N_PARTIALS * G * n_chunks * K
-    off_out = off_stats + N_STATS * G * K
-    return dict(off_stats=off_stats, off_out=off_out, off_invw=off_out + K,
-                off_loss=off_out + 2 * K, size=off_out + 2 * K + 1)
+    off_invw = off_stats + N_STATS * G * K
+    return dict(off_stats=off_stats, off_invw=off_invw, size=off_invw + K)
 
 
 def _grid(G: int, L: int, K: int):
@@ -209,19 +209,23 @@ def _grid(G: int, L: int, K: int):
     return block_l, block_k, max(1, -(-L // block_l)), -(-K // block_k)
 
 
-def ccc_forward_fused(x, y, m, *, workspace=None):
+def ccc_forward_fused(x, y, m, *, workspace=None, out=None, loss=None):
     """Fused forward on x, y: [G, L, K] (any strides, fp32/fp16/bf16), m: [G, L] bool | None.
 
-    Returns (out [K], loss [], workspace): float32 views into the workspace, whose layout is
-    given by :func:`workspace_layout` (kept for the backward). A provided workspace of the
-    right size is written into (tests prefill it with NaN: every element must be written).
+    Returns (out [K], loss [], workspace), all float32: the per-target CCC (mean over non-empty
+    groups), 1 - mean_k, and the workspace kept for the backward (layout:
+    :func:`workspace_layout`). Provided buffers are written into (tests prefill them with NaN:
+    every element must be written). out and loss are tensors of their own, not views, so that
+    callers may modify them in place.
     """
     kern = _kernels()
     G, L, K = x.shape
     block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K)
     lay = workspace_layout(G, n_chunks, K)
-    if workspace is None:
-        workspace = torch.empty(lay["size"], device=x.device, dtype=torch.float32)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    workspace = torch.empty(lay["size"], **f32) if workspace is None else workspace
+    out = torch.empty(K, **f32) if out is None else out
+    loss = torch.empty((), **f32) if loss is None else loss
     mp, smg, sml = _mask_arg(x, m)
     kern.ccc_partials_kernel[(G, n_chunks, n_kblocks)](
         x, y, mp, workspace, G, L, K, n_chunks,
@@ -229,10 +233,9 @@ def ccc_forward_fused(x, y, m, *, workspace=None):
         HAS_MASK=m is not None, BLOCK_L=block_l, BLOCK_K=block_k)
     block_g = max(1, min(_next_pow2(G), max(1, 1024 // block_k)))
     kern.ccc_finalize_kernel[(1,)](
-        workspace, lay["off_stats"], lay["off_out"], lay["off_invw"], lay["off_loss"],
-        G, K, n_chunks, BLOCK_G=block_g, BLOCK_K=block_k)
-    out = workspace[lay["off_out"]:lay["off_invw"]]
-    return out, workspace[lay["off_loss"]], workspace
+        workspace, out, loss, lay["off_stats"], lay["off_invw"], G, K, n_chunks,
+        BLOCK_G=block_g, BLOCK_K=block_k)
+    return out, loss, workspace
 
 
 def _mask_arg(x, m):
@@ -282,6 +285,7 @@ class _FusedCCC(torch.autograd.Function):
         return loss if as_loss else out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, y, m, workspace = ctx.saved_tensors
         need_gx, need_gy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

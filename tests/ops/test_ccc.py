@@ -214,6 +214,18 @@ def test_fused_several_chunks_and_target_blocks(interp, small_tiles, shape, redu
     torch.testing.assert_close(gy, rgy, **tol("float32"))
 
 
+def test_output_modifiable_in_place(interp):
+    """The loss is a tensor of its own (not a view of the saved workspace): `loss += reg`
+    then backward works and gives the same gradient."""
+    x, y, m = make((2, 9, 2))
+    xr = x.clone().requires_grad_(True)
+    loss = C.ccc_loss(xr, y, m)
+    loss += 0.5
+    loss.backward()
+    _, (_, rgx, _) = fused_and_ref("ccc_loss", x, y, m, "global", 1.0)
+    torch.testing.assert_close(xr.grad, rgx, **tol("float32"))
+
+
 def test_target_without_grad(interp):
     x, y, m = make((2, 9, 2))
     (v, gx, gy), (rv, rgx, _) = fused_and_ref("ccc_loss", x, y, m, "per_window", 1.0, False)
@@ -320,10 +332,11 @@ def test_nan_prefilled_buffers_fully_written(interp, small_tiles):
     assert n_chunks > 1
     lay = C.workspace_layout(G, n_chunks, K)
     nan = float("nan")
-    ws = torch.full((lay["size"],), nan)
-    out, loss, ws_out = C.ccc_forward_fused(x, y, m, workspace=ws)
-    assert ws_out is ws and out.data_ptr() == ws.data_ptr() + 4 * lay["off_out"]
-    assert not torch.isnan(ws).any(), torch.isnan(ws).nonzero()[:5]
+    ws, out_buf, loss_buf = torch.full((lay["size"],), nan), torch.full((K,), nan), torch.full((), nan)
+    out, loss, ws_out = C.ccc_forward_fused(x, y, m, workspace=ws, out=out_buf, loss=loss_buf)
+    assert ws_out is ws and out is out_buf and loss is loss_buf
+    for b in (ws, out, loss):
+        assert not torch.isnan(b).any(), torch.isnan(b).nonzero()[:5]
     torch.testing.assert_close(out, C.ccc_ref(x, y, m, "per_window"), **tol("float32"))
     torch.testing.assert_close(loss, C.ccc_loss_ref(x, y, m, "per_window"), **tol("float32"))
     gx, gy = torch.full_like(x, nan), torch.full_like(y, nan)
