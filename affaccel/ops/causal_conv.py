@@ -289,8 +289,9 @@ class CausalConv1dFn(torch.autograd.Function):
     """Fused causal convolution; forward and backward both run Triton kernels."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, dilation, activation):
-        needs_grad = any(ctx.needs_input_grad[:4])
+    def forward(ctx, x, weight, bias, residual, dilation, activation, grad_enabled=True):
+        # needs_input_grad is also True under torch.no_grad(); the caller passes the grad mode
+        needs_grad = grad_enabled and any(ctx.needs_input_grad[:4])
         # the pre-activation is needed where the output's sign cannot stand in for it
         save_z = needs_grad and (
             activation == "gelu" or (residual is not None and activation is not None)
@@ -317,7 +318,7 @@ class CausalConv1dFn(torch.autograd.Function):
                 dtype=weight.dtype, memory_format=torch.contiguous_format)
         gb = db.to(weight.dtype) if need_b else None
         gres = gr.view(B, T, -1) if need_r else None
-        return gx, gw, gb, gres, None, None
+        return gx, gw, gb, gres, None, None, None
 
 
 def causal_conv1d(
@@ -357,7 +358,8 @@ def causal_conv1d(
             "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 "
             f"(Triton's interpreter, set before Triton is first imported); got {x.device}"
         )
-    return CausalConv1dFn.apply(x, weight, bias, residual, dilation, activation)
+    return CausalConv1dFn.apply(x, weight, bias, residual, dilation, activation,
+                                torch.is_grad_enabled())
 
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "activation_ref", "ACTIVATIONS", "LEAKY_SLOPE"]

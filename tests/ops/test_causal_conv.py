@@ -236,6 +236,17 @@ def test_dispatch(interp, monkeypatch):
     assert calls == [1]
 
 
+def test_pre_activation_saved_only_when_training(interp, monkeypatch):
+    x, w, b, r, _ = _inputs(1, 6, 3, 3, 2, True)
+    seen = []
+    orig = cc.conv_forward
+    monkeypatch.setattr(cc, "conv_forward", lambda *a, **kw: seen.append(kw["save_z"]) or orig(*a, **kw))
+    with torch.no_grad():
+        y0 = _fused(x, w, b, 1, "gelu", r)
+    y1 = _fused(x, w, b, 1, "gelu", r)
+    assert seen == [False, True] and torch.equal(y0, y1.detach())
+
+
 def test_autocast_casts_like_conv1d(interp):
     x, w, b, _, _ = (t.detach() if t is not None else None for t in _inputs(2, 7, 16, 16, 3, False))
     with torch.autocast("cpu", dtype=torch.bfloat16):

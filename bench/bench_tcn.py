@@ -1,0 +1,178 @@
+"""Benchmark of one TCN temporal block: fused Triton vs eager PyTorch vs torch.compile.
+
+Block: C -> C channels, kernel 3, dilation d in {1, 2, 4, 8, 16}, ReLU, training mode with
+dropout 0 (so conv2 fuses the residual add and the final activation), bf16 activations and
+parameters, x: [B, T, C] = [32, 300, C], C in {512, 768}. Passes: forward, backward (of a
+retained graph) and forward+backward, each timed with ``triton.testing.do_bench`` (median, ms).
+
+Implementations (same weights):
+
+* ``fused``                       TemporalBlock(fused=True): Triton kernels of affaccel.ops
+* ``eager reference``             TemporalBlock(fused=False): F.conv1d on transposed [B, T, C]
+* ``eager channels-first``        the canonical block on [B, C, T] (pad + conv1d, no transposes
+                                  inside the block: the fastest eager form we know)
+* ``torch.compile reference``     torch.compile of the reference block
+* ``torch.compile channels-first`` torch.compile of the channels-first block
+
+``run_tcn_bench(quick)`` returns rows for bench/bench_kernels.py (which prints the table and
+writes bench/results/); run this file directly for the TCN rows alone. Without a CUDA GPU it
+says so and returns no rows (exit status 0).
+
+    python bench/bench_tcn.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+B, T, K = 32, 300, 3
+CHANNELS = (512, 768)
+DILATIONS = (1, 2, 4, 8, 16)
+
+
+class ChannelsFirstBlock(torch.nn.Module):
+    """The canonical temporal block on [B, C, T], sharing a TemporalBlock's parameters."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x_ct: torch.Tensor) -> torch.Tensor:
+        blk, pad = self.block, (self.block.conv1.kernel_size[0] - 1) * self.block.dilation
+        h = F.relu(F.conv1d(F.pad(x_ct, (pad, 0)), blk.conv1.weight, blk.conv1.bias, dilation=blk.dilation))
+        h = blk.dropout(h)
+        o = F.relu(F.conv1d(F.pad(h, (pad, 0)), blk.conv2.weight, blk.conv2.bias, dilation=blk.dilation))
+        return F.relu(blk.dropout(o) + x_ct)
+
+
+def _time(fn, quick: bool) -> float:
+    from triton.testing import do_bench
+
+    fn()
+    fn()  # autotuning and compilation happen here, outside the timed window
+    torch.cuda.synchronize()
+    return float(do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100,
+                          return_mode="median"))
+
+
+def _passes(model, x, gy, quick: bool) -> dict[str, float]:
+    params = [p for p in model.parameters()]
+    leaves = params + [x]
+
+    def zero():
+        for p in leaves:
+            p.grad = None
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    state = {}
+
+    def bwd():
+        state["y"].backward(gy, retain_graph=True)
+
+    def both():
+        zero()
+        model(x).backward(gy)
+
+    out = {"fwd": _time(fwd, quick)}
+    state["y"] = model(x)
+    out["bwd"] = _time(bwd, quick)
+    del state["y"]
+    out["fwd+bwd"] = _time(both, quick)
+    zero()
+    return out
+
+
+def run_tcn_bench(quick: bool) -> list[dict]:
+    """Rows {kernel, case, dtype, impl, pass, median_ms, note}; [] without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        print("note: no CUDA GPU; TCN block timings (fused vs eager vs torch.compile) not measured",
+              flush=True)
+        return []
+    from affaccel.nn.tcn import TemporalBlock
+    from affaccel.ops.causal_conv import triton_mode
+
+    if triton_mode() == "interpreted":
+        print("note: Triton runs interpreted in this process; TCN timings skipped", flush=True)
+        return []
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    channels = (768,) if quick else CHANNELS
+    dilations = (1, 16) if quick else DILATIONS
+    rows = []
+    for C in channels:
+        for d in dilations:
+            torch.manual_seed(0)
+            block = TemporalBlock(C, C, K, d, dropout=0.0, fused=True).to(dev, dtype).train()
+            ref = TemporalBlock(C, C, K, d, dropout=0.0, fused=False).to(dev, dtype).train()
+            ref.load_state_dict(block.state_dict())
+            cf = ChannelsFirstBlock(ref)
+            x = torch.randn(B, T, C, device=dev, dtype=dtype, requires_grad=True)
+            gy = torch.randn(B, T, C, device=dev, dtype=dtype)
+            x_ct = x.detach().transpose(1, 2).contiguous().requires_grad_(True)
+            gy_ct = gy.transpose(1, 2).contiguous()
+            impls = [
+                ("fused", block, x, gy),
+                ("eager reference", ref, x, gy),
+                ("eager channels-first", cf, x_ct, gy_ct),
+                ("torch.compile reference", torch.compile(ref), x, gy),
+                ("torch.compile channels-first", torch.compile(cf), x_ct, gy_ct),
+            ]
+            case = f"block B={B} T={T} C={C} k={K} d={d}"
+            for name, model, inp, g in impls:
+                try:
+                    times = _passes(model, inp, g, quick)
+                except Exception as e:  # a failing variant is reported, not fatal
+                    print(f"  {case} {name}: FAILED {type(e).__name__}: {e}", flush=True)
+                    times, note = {p: None for p in ("fwd", "bwd", "fwd+bwd")}, f"failed: {type(e).__name__}"
+                else:
+                    note = ""
+                for p, ms in times.items():
+                    rows.append({"kernel": "tcn", "case": case, "dtype": "bf16", "impl": name,
+                                 "pass": p, "median_ms": ms, "note": note})
+                print(f"  {case} {name:<30} " + "  ".join(
+                    f"{p} {ms:.4f} ms" if ms is not None else f"{p} -" for p, ms in times.items()),
+                    flush=True)
+            torch._dynamo.reset()  # each dilation compiles afresh; keep the cache small
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'case':<40} {'impl':<30} {'pass':<8} {'ms':>9} {'vs eager':>9} {'vs compile':>10}"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["pass"]), []).append(r)
+    for (case, p), grp in groups.items():
+        ok = [r for r in grp if r["median_ms"] is not None]
+        eager = min((r["median_ms"] for r in ok if r["impl"].startswith("eager")), default=None)
+        comp = min((r["median_ms"] for r in ok if r["impl"].startswith("torch.compile")), default=None)
+        for r in grp:
+            ms = r["median_ms"]
+            ve = f"{eager / ms:.2f}x" if ms and eager else "-"
+            vc = f"{comp / ms:.2f}x" if ms and comp else "-"
+            lines.append(f"{case:<40} {r['impl']:<30} {p:<8} {ms if ms is not None else float('nan'):>9.4f} "
+                         f"{ve:>9} {vc:>10}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="TCN block: fused vs eager vs torch.compile (GPU)")
+    ap.add_argument("--quick", action="store_true", help="C=768 and d in {1, 16} only, shorter windows")
+    args = ap.parse_args(argv)
+    rows = run_tcn_bench(args.quick)
+    if rows:
+        print(_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
