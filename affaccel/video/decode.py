@@ -336,13 +336,15 @@ def _dali_chunks(path, device, batch_size, chunk, stamps, num_threads):
 
         device_id = torch.device(device).index
         device_id = torch.cuda.current_device() if device_id is None else device_id
-    pipe, lock = _dali_pipeline(device, num_threads, device_id)
     # The encoded file stays in host memory (its compressed size) while chunks are decoded.
     encoded = np.fromfile(path, dtype=np.uint8)
+    pipe = lock = None
     done = 0
     while done < n:
         length = min(chunk, n - done)
         try:
+            if pipe is None:  # building can fail too (no NVDEC on this GPU, ...)
+                pipe, lock = _dali_pipeline(device, num_threads, device_id)
             with lock:
                 pipe.feed_input("encoded", [encoded])
                 pipe.feed_input("start", [np.array(done, np.int32)])

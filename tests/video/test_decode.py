@@ -173,6 +173,18 @@ def test_corrupt_middle_decodes_what_it_can(media, tmp_path, backend):
     assert any("corrupt.webm" in str(w.message) for w in caught)
 
 
+def test_dali_failure_falls_back_to_pyav(media, monkeypatch):
+    def no_decoder(*args):
+        raise RuntimeError("Assert on \"nvdec\" failed: no video decoder on this device")
+
+    monkeypatch.setattr(decode, "_dali_pipeline", no_decoder)
+    with pytest.warns(UserWarning, match=r"clip.webm: DALI failed after 0 frames .*nvdec.*PyAV"):
+        frames, ts = read_video(media["vp9"], backend="dali")
+    want, want_ts = read_video(media["vp9"], backend="pyav")
+    np.testing.assert_array_equal(frames, want)
+    np.testing.assert_array_equal(ts, want_ts)
+
+
 def test_bad_arguments(media):
     with pytest.raises(ValueError, match="batch_size"):
         iter_video(media["vp9"], batch_size=0)
