@@ -270,6 +270,24 @@ void accumulate_block(double* __restrict acc, const char* __restrict src,
   for (int64_t i = 0; i < count; ++i) acc[i] += wexp[i] * static_cast<double>(load<K>(src + i * item));
 }
 
+// float32, the usual prediction dtype, gets an AVX2 clone picked at load time: the wheel stays
+// baseline x86-64 (no -march=native) but uses 4-wide doubles where the CPU has them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void accumulate_block_f32(double* __restrict acc, const float* __restrict src,
+                          const double* __restrict wexp, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) acc[i] += wexp[i] * static_cast<double>(src[i]);
+}
+
+template <>
+void accumulate_block<Kind::kFloat32>(double* __restrict acc, const char* __restrict src,
+                                      const double* __restrict wexp, int64_t count) {
+  // preds rows of float32 are 4-byte aligned here: numpy/torch allocate aligned buffers and the
+  // caller only takes this path for aligned data (layout 2 check).
+  accumulate_block_f32(acc, reinterpret_cast<const float*>(src), wexp, count);
+}
+
 template <Kind K>
 void accumulate_any(int layout, double* acc, double* wsum, int64_t chunk_start, int64_t lo,
                     int64_t hi, int64_t start, const char* row0, const Preds& p, int64_t n_out,
@@ -365,7 +383,9 @@ int64_t overlap_average(const py::array& preds, const std::string& kind, const p
   // 2: each window position's K values adjacent and positions back to back; 1: K values
   // adjacent; 0: any strides.
   const int64_t item = dt.itemsize();
-  const int layout = p.s2 != item ? 0 : (p.s1 == n_out * item ? 2 : 1);
+  const bool aligned = reinterpret_cast<uintptr_t>(p.data) % static_cast<uintptr_t>(item) == 0 &&
+                       p.s0 % item == 0;
+  const int layout = p.s2 != item ? 0 : (p.s1 == n_out * item && aligned ? 2 : 1);
   std::vector<double> wexp(layout == 2 ? static_cast<size_t>(window * n_out) : 0);
   for (size_t e = 0; e < wexp.size(); ++e) wexp[e] = w[e / static_cast<size_t>(n_out)];
   float* out_ptr = static_cast<float*>(out.mutable_data());
