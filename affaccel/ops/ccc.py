@@ -195,6 +195,11 @@ def _blocks(L: int, K: int):
     return block_l, block_k
 
 
+def _num_warps(tile: int) -> int:
+    # ~6 live fp32 values per tile element: 8 warps keep a 4096-element tile in registers
+    return 8 if tile > 1024 else 4
+
+
 def workspace_layout(G: int, n_chunks: int, K: int) -> dict:
     """Offsets (in fp32 elements) of the parts of the fused CCC workspace, and its size."""
     from affaccel.kernels.ccc import N_PARTIALS, N_STATS
@@ -230,7 +235,8 @@ def ccc_forward_fused(x, y, m, *, workspace=None, out=None, loss=None):
     kern.ccc_partials_kernel[(G, n_chunks, n_kblocks)](
         x, y, mp, workspace, G, L, K, n_chunks,
         *x.stride(), *y.stride(), smg, sml,
-        HAS_MASK=m is not None, BLOCK_L=block_l, BLOCK_K=block_k)
+        HAS_MASK=m is not None, BLOCK_L=block_l, BLOCK_K=block_k,
+        num_warps=_num_warps(block_l * block_k))
     block_g = max(1, min(_next_pow2(G), max(1, 1024 // block_k)))
     kern.ccc_finalize_kernel[(1,)](
         workspace, out, loss, lay["off_stats"], lay["off_invw"], G, K, n_chunks,
@@ -270,7 +276,7 @@ def ccc_backward_fused(x, y, m, workspace, grad_out, scale, need_gx=True, need_g
         G, L, K, float(scale),
         *x.stride(), *y.stride(), smg, sml, s_gout,
         HAS_MASK=m is not None, NEED_GX=need_gx, NEED_GY=need_gy,
-        BLOCK_L=block_l, BLOCK_K=block_k)
+        BLOCK_L=block_l, BLOCK_K=block_k, num_warps=_num_warps(block_l * block_k))
     return (gx if need_gx else None), (gy if need_gy else None)
 
 
