@@ -171,15 +171,15 @@ def _launch_conv(x, w_taps, bias, residual, z, y, dilation, act, shift):
     )
     if kern.INTERPRETED:
         cfg = kern.INTERPRETER_CONV
-        grid = (triton_cdiv(M, cfg["BLOCK_M"]), triton_cdiv(C_out, cfg["BLOCK_N"]))
+        grid = (_cdiv(M, cfg["BLOCK_M"]), _cdiv(C_out, cfg["BLOCK_N"]))
         kern.conv_kernel[grid](*args, **flags, **cfg)
     else:
         def grid(meta):
-            return (triton_cdiv(M, meta["BLOCK_M"]), triton_cdiv(C_out, meta["BLOCK_N"]))
+            return (_cdiv(M, meta["BLOCK_M"]), _cdiv(C_out, meta["BLOCK_N"]))
         kern.autotuned("conv")[grid](*args, **flags)
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -213,14 +213,14 @@ def act_backward(gy, y, z, residual, activation, *, has_res, write_gr, write_db,
     B, T, C = gy.shape
     M = B * T
     blocks = kern.INTERPRETER_ACT_BWD_BLOCKS if kern.INTERPRETED else kern.ACT_BWD_BLOCKS
-    n_mb = triton_cdiv(M, blocks["BLOCK_M"])
+    n_mb = _cdiv(M, blocks["BLOCK_M"])
     gz = gz_out if gz_out is not None else y.new_empty(M, C)
     gr = None
     if write_gr:
         gr = gr_out if gr_out is not None else y.new_empty(M, C)
     db = y.new_empty(n_mb, C, dtype=torch.float32) if write_db else None
     r = residual if residual is not None else gy
-    grid = (n_mb, triton_cdiv(C, blocks["BLOCK_N"]))
+    grid = (n_mb, _cdiv(C, blocks["BLOCK_N"]))
     kern.act_bwd_kernel[grid](
         gy, y, z if z is not None else y, r, gz, gr if gr is not None else gz,
         db if db is not None else gz,
@@ -245,7 +245,7 @@ def _n_splits(x: torch.Tensor, M: int, tiles: int) -> int:
     if not x.is_cuda:
         return 1
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    return max(1, min(triton_cdiv(sms, tiles), M // 512))
+    return max(1, min(_cdiv(sms, tiles), M // 512))
 
 
 def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
@@ -259,9 +259,9 @@ def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
     M = B * T
     C_out = gz.shape[1]
     if n_splits is None:
-        n_splits = _n_splits(x, M, k * triton_cdiv(C_in, 128) * triton_cdiv(C_out, 128))
-    rows = triton_cdiv(M, max(1, min(n_splits, M)))
-    n_splits = triton_cdiv(M, rows)
+        n_splits = _n_splits(x, M, k * _cdiv(C_in, 128) * _cdiv(C_out, 128))
+    rows = _cdiv(M, max(1, min(n_splits, M)))
+    n_splits = _cdiv(M, rows)
     if partial_out is not None:
         if partial_out.shape[0] < n_splits:
             raise ValueError(f"partial_out needs {n_splits} splits, has {partial_out.shape[0]}")
@@ -272,11 +272,11 @@ def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
     flags = dict(K_TAPS=k, DOT_F32=kern.INTERPRETED, PRECISION=_precision(x))
     if kern.INTERPRETED:
         cfg = kern.INTERPRETER_GRAD_W
-        grid = (k * triton_cdiv(C_in, cfg["BLOCK_CI"]) * triton_cdiv(C_out, cfg["BLOCK_CO"]), n_splits)
+        grid = (k * _cdiv(C_in, cfg["BLOCK_CI"]) * _cdiv(C_out, cfg["BLOCK_CO"]), n_splits)
         kern.grad_weight_kernel[grid](*args, **flags, **cfg)
     else:
         def grid(meta):
-            return (k * triton_cdiv(C_in, meta["BLOCK_CI"]) * triton_cdiv(C_out, meta["BLOCK_CO"]),
+            return (k * _cdiv(C_in, meta["BLOCK_CI"]) * _cdiv(C_out, meta["BLOCK_CO"]),
                     n_splits)
         kern.autotuned("grad_weight")[grid](*args, **flags)
     total = part[0] if n_splits == 1 else part.sum(0)

@@ -47,7 +47,8 @@ def _run_in_fresh_process(marker_expr: str, interpret: bool):
         env["AFFACCEL_TRITON_INTERPRET"] = env["TRITON_INTERPRET"] = "1"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                         "-m", marker_expr, "-k", "not fresh_process"],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
 
