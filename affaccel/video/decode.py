@@ -442,8 +442,10 @@ def iter_video(path, backend: str = "auto", device: str = "cpu", batch_size: int
     default 256 MiB on CPU, 1 GiB on GPU).
 
     Raises VideoDecodeError (naming the file) for a missing, empty, non-video or undecodable
-    file or one without a video stream; a file that breaks off after some frames yields those
-    frames and warns.
+    file or one without a video stream. A damaged file yields what decodes and warns: a
+    truncated file its frames up to the cut, a corrupt one its frames minus the undecodable
+    packets (and minus frames whose timestamps go backwards); a DALI failure hands the rest
+    of the file to PyAV.
     """
     path = os.fspath(path)
     if batch_size < 1:
