@@ -35,11 +35,12 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # One fp32 workspace per call holds, in order: partials [N_PARTIALS, G, n_chunks, K], stats
 # [N_STATS, G, K], inv_w [K] (one allocation instead of three).
-# Rows of the partials [N_PARTIALS, G, n_chunks, K].
-P_N, P_PX, P_PY, P_MX, P_MY, P_M2X, P_M2Y, P_CXY = range(8)
+# Rows of the partials [N_PARTIALS, G, n_chunks, K]. Globals read inside kernels must be
+# tl.constexpr (compiled Triton rejects plain Python globals; the interpreter does not check).
+P_N, P_PX, P_PY, P_MX, P_MY, P_M2X, P_M2Y, P_CXY = (tl.constexpr(i) for i in range(8))
 N_PARTIALS = 8
 # Rows of the per-(group, target) statistics buffer [N_STATS, G, K] (fp32) kept for backward.
-S_HX, S_LX, S_HY, S_LY, S_CCC, S_COEF = range(6)
+S_HX, S_LX, S_HY, S_LY, S_CCC, S_COEF = (tl.constexpr(i) for i in range(6))
 N_STATS = 6
 
 

@@ -435,6 +435,51 @@ def test_bad_input_errors(kwargs, match):
         C.ccc_loss(**kwargs)
 
 
+# --------------------------------------------------------------------------- compiled code
+# Compiled Triton checks things the interpreter does not (e.g. that kernels read only constexpr
+# globals). Without a GPU the kernels can still be compiled for one: sm_90 cubin through the
+# ptxas that ships with Triton, in a fresh process (this one may run Triton interpreted).
+_COMPILE_FOR_SM90 = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+import affaccel.kernels.ccc as K
+
+assert not K.INTERPRETED
+strides = {n: "i32" for n in ("sxg", "sxl", "sxk", "syg", "syl", "syk", "smg", "sml")}
+common = {"x_ptr": "*bf16", "y_ptr": "*fp32", "m_ptr": "*u8"}
+jobs = [
+    (K.ccc_partials_kernel, {**common, "part_ptr": "*fp32", "G": "i32", "L": "i32", "K": "i32",
+                             "n_chunks": "i32", **strides},
+     {"HAS_MASK": True, "BLOCK_L": 2048, "BLOCK_K": 2}, 8),
+    (K.ccc_finalize_kernel, {"ws_ptr": "*fp32", "out_ptr": "*fp32", "loss_ptr": "*fp32",
+                             "off_stats": "i32", "off_invw": "i32", "G": "i32", "K": "i32",
+                             "n_chunks": "i32"},
+     {"BLOCK_G": 32, "BLOCK_K": 2}, 4),
+    (K.ccc_backward_kernel, {**common, "ws_ptr": "*fp32", "off_stats": "i32", "off_invw": "i32",
+                             "gout_ptr": "*fp32", "gx_ptr": "*bf16", "gy_ptr": "*fp32", "G": "i32",
+                             "L": "i32", "K": "i32", "scale": "fp32", **strides, "s_gout": "i32"},
+     {"HAS_MASK": True, "NEED_GX": True, "NEED_GY": True, "BLOCK_L": 2048, "BLOCK_K": 2}, 8),
+]
+for fn, sig, consts, warps in jobs:
+    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}},
+                    constexprs=consts)
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    assert len(c.asm["cubin"]) > 0
+print("compiled", len(jobs))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_gpu():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "AFFACCEL_TRITON_INTERPRET")}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and "compiled 3" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
 # --------------------------------------------------------------------------- CUDA
 def test_interpreter_tests_in_fresh_process():
     """When something compiled Triton earlier in this process (a GPU session), the interpreter
