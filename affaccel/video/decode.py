@@ -195,7 +195,8 @@ def _pyav_frames(path: str, container, stream):
     """Decoded frames of ``stream``, packet by packet. A packet that fails to decode is
     skipped (as the ffmpeg tool does) and counted; one warning summarises them at the end."""
     av = _av()
-    bad, in_a_row, first_error = 0, 0, None
+    bad, in_a_row, first_error, frames_before = 0, 0, None, 0
+    n_frames = 0
     packets = container.demux(stream)
     while True:
         try:
@@ -203,20 +204,27 @@ def _pyav_frames(path: str, container, stream):
         except StopIteration:
             break
         except av.error.FFmpegError as e:  # the container itself breaks off
-            bad, first_error = bad + 1, first_error or e
+            if not bad:
+                first_error, frames_before = e, n_frames
+            bad += 1
             break
         try:
             decoded = packet.decode()
         except av.error.FFmpegError as e:
-            bad, in_a_row, first_error = bad + 1, in_a_row + 1, first_error or e
+            if not bad:
+                first_error, frames_before = e, n_frames
+            bad, in_a_row = bad + 1, in_a_row + 1
             if in_a_row >= MAX_CONSECUTIVE_BAD_PACKETS:
                 break
             continue
         in_a_row = 0
-        yield from decoded
+        for frame in decoded:
+            n_frames += 1
+            yield frame
     if bad:
-        warnings.warn(f"{path}: {bad} packet(s) could not be decoded and were skipped "
-                      f"(corrupt or truncated file; first error: {first_error})", stacklevel=4)
+        warnings.warn(f"{path}: decoding stopped after {frames_before} frames at a damaged "
+                      f"packet ({first_error}) and resumed past it; {bad} packet(s) could not "
+                      f"be decoded and were skipped (corrupt or truncated file)", stacklevel=4)
 
 
 def _iter_pyav(path: str, device: str, batch_size: int) -> Iterator[FrameBatch]:
