@@ -165,6 +165,26 @@ def test_reference_grad_matches_analytic_formula():
         np.testing.assert_allclose(xr.grad.numpy(), grad_np(x, y, m, red), **tol("float64"))
 
 
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_ccc_properties(request, path):
+    """Lin's CCC: symmetric; invariant to one shift/positive scale of both sides; CCC(x, x) = 1;
+    in [-1, 1]; CCC(x, a x + b) < 1 when (a, b) != (1, 0)."""
+    if path == "fused":
+        request.getfixturevalue("interp")
+    fn = C.ccc if path == "fused" else C.ccc_ref
+    x, y, m = make((40, 3), "random", seed=17)
+    base = fn(x, y, m)
+    torch.testing.assert_close(fn(y, x, m), base, **tol("float32"))
+    torch.testing.assert_close(fn(3.0 * x - 2.0, 3.0 * y - 2.0, m), base, **tol("float32"))
+    torch.testing.assert_close(fn(x, x, m), torch.ones(3), **tol("float32"))
+    assert (base.abs() <= 1).all() and (base > 0.3).all()  # y = 0.6 x + noise + 0.3
+    assert (fn(x, 2.0 * x, m) < 1).all() and (fn(x, x + 0.5, m) < 1).all()
+    # CCC(x, -x) = -var x / (var x + 2 mean(x)^2)
+    xv = x[m].double()
+    want = -xv.var(0, unbiased=False) / (xv.var(0, unbiased=False) + 2 * xv.mean(0) ** 2)
+    torch.testing.assert_close(fn(x, -x, m).double(), want, **tol("float32"))
+
+
 # --------------------------------------------------------------------------- fused vs reference
 CASES = [
     # shape, mask, reduction
