@@ -517,9 +517,9 @@ def overlap_average_batch(window_preds: Any, index: Any, n_frames: Sequence[int]
         if len(idx) != window_preds.shape[0]:
             raise ValueError(f"window_preds has {window_preds.shape[0]} windows but index has "
                              f"{len(idx)}")
-        return [overlap_average_torch(window_preds[torch.from_numpy(np.flatnonzero(idx[:, 0] == v))],
-                                      idx[idx[:, 0] == v, 1], n, weighting)
-                for v, n in enumerate(lengths)]
+        rows = [np.flatnonzero(idx[:, 0] == v) for v in range(len(lengths))]
+        return [overlap_average_torch(window_preds[torch.from_numpy(r)], idx[r, 1], n, weighting)
+                for r, n in zip(rows, lengths)]
     is_torch = _is_torch(window_preds)
     p, kind = _preds_array(window_preds)
     lengths = np.asarray([_check_n_frames(n, f"n_frames[{v}]") for v, n in enumerate(n_frames)],

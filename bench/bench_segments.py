@@ -45,13 +45,16 @@ def time_interleaved(cases: list[dict], repeats: int, warmup: int = 1) -> None:
     """Time every case's fn() `repeats` times, round-robin, after `warmup` rounds.
 
     Round-robin order spreads load from other processes over all cases alike (the development
-    machines are shared). Stores median/min wall seconds and median CPU seconds of the whole
-    process (all threads) in each case.
+    machines are shared); rotating the order each round keeps one case from always following
+    another (a case that frees a large buffer makes the next fresh allocation pay for
+    transparent-huge-page compaction; "new output" rows include such page-fault costs,
+    "reused output" rows measure copy bandwidth alone). Stores median/min wall seconds and
+    the median CPU seconds of the whole process (all threads) in each case.
     """
     wall = {id(c): [] for c in cases}
     cpu = {id(c): [] for c in cases}
     for r in range(warmup + repeats):
-        for c in cases:
+        for c in cases[r % len(cases):] + cases[:r % len(cases)]:  # rotate: no fixed neighbour
             t0, c0 = time.perf_counter(), time.process_time()
             c["fn"]()
             t1, c1 = time.perf_counter(), time.process_time()
@@ -77,8 +80,9 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                              capture_output=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc", "affaccel/segments.py"],
-                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc",
+                                "affaccel/segments.py"], cwd=ROOT, text=True,
+                               capture_output=True, timeout=10).stdout
         return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     del tw, tm, ref_w, ref_m
     reused = np.empty_like(windows)
     reused_mask = np.empty_like(mask)
-    new, old = "memcpy np.copyto, new output", "memcpy np.copyto, reused output"
+    new, old = "memcpy np.copyto into new output", "memcpy np.copyto into reused output"
     case("assemble", new, 1, out_bytes,
          lambda: np.copyto(np.empty_like(windows), windows), new)
     case("assemble", old, 1, out_bytes,
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
          lambda: S.assemble_windows_batch(feats, w, s), new)
     if C is not None:
         for nt in sorted({1, threads}):
-            case("assemble", "C++ kernel, reused output", nt, out_bytes,
+            case("assemble", "C++ kernel into reused output", nt, out_bytes,
                  lambda nt=nt: C.gather_windows(feats, index, w, reused, reused_mask, nt), old)
     case("assemble", "NumPy reference", 1, out_bytes,
          lambda: S.assemble_windows_batch_ref(feats, w, s), new)
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
         nf = np.asarray(lengths, np.int64)
         out = np.empty((int(nf.sum()), args.k), np.float32)
         for nt in sorted({1, threads}):
-            case("average", "C++ kernel, reused output", nt, pred_bytes,
+            case("average", "C++ kernel into reused output", nt, pred_bytes,
                  lambda nt=nt: C.overlap_average(preds, "float32", vid, st, nf, wts, out, nt), ref)
     case("average", "torch index_add_", torch.get_num_threads(), pred_bytes,
          lambda: torch_average_batch(tpreds, index, lengths, args.weighting), ref)
@@ -240,7 +244,8 @@ def main(argv=None) -> int:
                              "bytes": c["bytes"], "median_s": f"{c['median']:.6f}",
                              "min_s": f"{c['min']:.6f}", "cpu_s": f"{c['cpu']:.6f}",
                              "gb_per_s": f"{c['bytes'] / c['median'] / 1e9:.3f}",
-                             "vs_baseline": f"{c['vs']:.3f}", "vs_baseline_cpu": f"{c['vs_cpu']:.3f}",
+                             "vs_baseline": f"{c['vs']:.3f}",
+                             "vs_baseline_cpu": f"{c['vs_cpu']:.3f}",
                              "baseline": c["baseline"]})
         atomic_write_text(args.csv, old_text + buf.getvalue())
 
@@ -248,7 +253,8 @@ def main(argv=None) -> int:
           f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}")
     print(f"{args.videos} videos / {sum(lengths)} frames, D={args.dim} float16, w={w} s={s}, "
           f"K={args.k}, weighting={args.weighting}; median of {args.repeats} interleaved runs")
-    print("wall: median wall-clock time (min: fastest run); cpu: median CPU time of the process (all threads). "
+    print("wall: median wall-clock time (min: fastest run); cpu: median CPU time of the "
+          "process (all threads). "
           "assemble ratio = time / memcpy time (lower is better); average ratio = speed-up over "
           "the NumPy reference.")
     print(f"{'op':<9}{'implementation':<35}{'thr':>4}{'wall ms':>10}{'min ms':>9}{'cpu ms':>9}"
@@ -256,7 +262,8 @@ def main(argv=None) -> int:
           f"{'ratio':>8}{'ratio cpu':>10}  baseline")
     for c in cases:
         print(f"{c['op']:<9}{c['impl']:<35}{c['threads']:>4}{c['median'] * 1e3:>10.1f}"
-              f"{c['min'] * 1e3:>9.1f}{c['cpu'] * 1e3:>9.1f}{c['bytes'] / c['median'] / 1e9:>7.2f}{c['vs']:>8.2f}"
+              f"{c['min'] * 1e3:>9.1f}{c['cpu'] * 1e3:>9.1f}"
+              f"{c['bytes'] / c['median'] / 1e9:>7.2f}{c['vs']:>8.2f}"
               f"{c['vs_cpu']:>10.2f}  {c['baseline']}")
     return 0
 

@@ -156,7 +156,8 @@ def test_assemble_non_contiguous(engine, view):
          "reversed": base[::-1], "both": base[::-3, 1::2]}[view]
     assert not x.flags.c_contiguous
     windows, mask = S.assemble_windows(x, 50, 20)
-    np.testing.assert_array_equal(windows, S.assemble_windows_ref(np.ascontiguousarray(x), 50, 20)[0])
+    ref = S.assemble_windows_ref(np.ascontiguousarray(x), 50, 20)[0]
+    np.testing.assert_array_equal(windows, ref)
     # torch views of the same memory
     t = torch.from_numpy(base.astype(np.float32)).t().contiguous().t()[5:]
     tw, tm = S.assemble_windows(t, 50, 20)
@@ -403,7 +404,8 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("needle, call", BAD_CALLS, ids=[f"{i}-{n}" for i, (n, _) in enumerate(BAD_CALLS)])
+@pytest.mark.parametrize("needle, call", BAD_CALLS,
+                         ids=[f"{i}-{n}" for i, (n, _) in enumerate(BAD_CALLS)])
 def test_bad_input_raises_value_error_naming_it(engine, needle, call):
     with pytest.raises(ValueError, match=re.escape(needle)):
         call()
