@@ -189,7 +189,7 @@ def _capture(fn):
 def bench_ccc_gpu(quick: bool):
     from triton.testing import do_bench
 
-    import affaccel.ops.ccc as C
+    import affaccel.ops.concordance as C
 
     rep = 30 if quick else 200
     dtype = torch.bfloat16
@@ -316,7 +316,7 @@ def cpu_time(fn, repeats: int, warmup: int = 5) -> float:
 
 def bench_ccc_cpu(repeats: int):
     """Sanity numbers only: the reference and the textbook eager loss on CPU, float32."""
-    import affaccel.ops.ccc as C
+    import affaccel.ops.concordance as C
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, T, K, generator=gen).requires_grad_(True)
@@ -341,7 +341,7 @@ def bench_ccc_cpu(repeats: int):
 
 def interpreter_check() -> bool:
     """Fused kernels through Triton's CPU interpreter vs the reference, on small shapes."""
-    import affaccel.ops.ccc as C
+    import affaccel.ops.concordance as C
 
     if C.triton_mode() == "compiled":
         print("[check] Triton is already compiled in this process; the interpreter check needs "

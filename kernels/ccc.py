@@ -1,9 +1,9 @@
 """Triton kernels of the fused CCC (Concordance Correlation Coefficient) loss.
 
-Imported only by affaccel.ops.ccc, after it decided that the Triton path runs, so that
+Imported only by affaccel.ops.concordance, after it decided that the Triton path runs, so that
 TRITON_INTERPRET is already set when the kernels are decorated.
 
-Data layout (see affaccel/ops/ccc.py for the host side): the inputs are viewed as
+Data layout (see affaccel/ops/concordance.py for the host side): the inputs are viewed as
 ``x, y: [G, L, K]`` (G groups of L frames, K targets; G = 1 for the "global" reduction, the
 number of windows for "per_window") and an optional frame mask ``m: [G, L]`` (uint8, 1 = valid).
 
@@ -102,7 +102,7 @@ def ccc_finalize_kernel(
 ):
     """One program: merge chunks per group, CCC per (group, target), means, loss.
 
-    ws: the fp32 workspace (layout in affaccel.ops.ccc.workspace_layout): partials at 0, then
+    ws: the fp32 workspace (layout in affaccel.ops.concordance.workspace_layout): partials at 0, then
     stats [N_STATS, G, K] and inv_w [K] at the given offsets. out: [K], loss: [] (fp32).
     """
     part_ptr = ws_ptr

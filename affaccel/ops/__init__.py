@@ -10,10 +10,10 @@ from affaccel._lazy import lazy_module
 _LAZY = {
     "causal_conv1d": "affaccel.ops.causal_conv",
     "causal_conv1d_ref": "affaccel.ops.causal_conv",
-    "ccc_loss": "affaccel.ops.ccc",
-    "ccc_loss_ref": "affaccel.ops.ccc",
-    "ccc": "affaccel.ops.ccc",
-    "ccc_ref": "affaccel.ops.ccc",
+    "ccc_loss": "affaccel.ops.concordance",
+    "ccc_loss_ref": "affaccel.ops.concordance",
+    "ccc": "affaccel.ops.concordance",
+    "ccc_ref": "affaccel.ops.concordance",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_module(__name__, _LAZY)

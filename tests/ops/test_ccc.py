@@ -12,7 +12,7 @@ import pytest
 import torch
 from tolerances import tol
 
-import affaccel.ops.ccc as C
+import affaccel.ops.concordance as C
 
 
 # --------------------------------------------------------------------------- helpers
@@ -436,7 +436,6 @@ def test_public_names_and_callable_module():
 
     x, y, m = make((9, 2))
     assert ops.ccc_loss is C.ccc_loss
-    # ops.ccc may be bound to the module or the function; both compute per-target CCC
     torch.testing.assert_close(ops.ccc(x, y, m), C.ccc_ref(x, y, m))
 
 
@@ -575,3 +574,13 @@ def test_gpu_tests_in_fresh_process():
     if C.triton_mode() != "interpreted":
         pytest.skip("the CUDA tests ran in this process")
     _run_in_fresh_process("gpu", interpret=False)
+
+
+def test_public_ccc_is_the_function_even_after_module_import():
+    # A submodule named like an exported function would shadow it once imported.
+    import importlib
+
+    import affaccel.ops as ops
+
+    importlib.import_module("affaccel.ops.concordance")
+    assert callable(ops.ccc) and not isinstance(ops.ccc, type(importlib))

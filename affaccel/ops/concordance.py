@@ -326,15 +326,3 @@ def ccc_loss(pred, target, mask=None, reduction="global"):
     if _fused_ok(x, y, m):
         return _FusedCCC.apply(x, y, m, True)
     return 1.0 - _reduce_ref(*_group_ccc_ref(x, y, m)).mean()
-
-
-# ``affaccel.ops.ccc`` names both this module and the function ``ccc``. Importing the module
-# (e.g. through ``affaccel.ops.ccc_loss``) binds the package attribute ``ccc`` to the module,
-# so the module itself forwards calls to the function: ``affaccel.ops.ccc(pred, target)`` works
-# whichever of the two the attribute holds.
-class _CallableModule(type(sys)):
-    def __call__(self, pred, target, mask=None, reduction="global"):
-        return ccc(pred, target, mask, reduction)
-
-
-sys.modules[__name__].__class__ = _CallableModule
