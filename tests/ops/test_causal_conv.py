@@ -93,9 +93,9 @@ def _fused(x, w, b, d, act, r):
 # (interpreter tiles of 64 rows cross batch boundaries) and channels above one 32-wide block.
 CASES = [
     (2, 1, 3, 5, 3, 1, "relu", False),
-    (2, 2, 4, 3, 2, 2, None, True),
+    (2, 2, 4, 3, 2, 2, None, True),          # reach (k-1)*d >= T: a tap reads only padding
     (1, 6, 5, 7, 3, 2, "gelu", True),        # T = k*d
-    (3, 13, 5, 7, 3, 4, "relu", True),       # prime T, dilation > T/k
+    (3, 13, 5, 7, 3, 4, "relu", True),       # prime T, reach 8 of 13 frames
     (2, 8, 6, 6, 2, 4, "leaky_relu", False),  # T = k*d
     (3, 37, 40, 36, 3, 2, "gelu", False),    # ragged C_in/C_out over 32-wide blocks
     (3, 17, 7, 4, 1, 1, "leaky_relu", True),  # k = 1
