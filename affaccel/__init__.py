@@ -17,6 +17,8 @@ _LAZY = {
     "plan_windows": "affaccel.segments",
     "assemble_windows": "affaccel.segments",
     "assemble_windows_batch": "affaccel.segments",
+    "gather_windows": "affaccel.segments",
+    "window_weights": "affaccel.segments",
     "overlap_average": "affaccel.segments",
     "overlap_average_batch": "affaccel.segments",
     "TASKS": "affaccel.tasks",
