@@ -74,7 +74,7 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     # 2 CPU cores, minutes: a narrower model, more (denser) windows per epoch and a larger
     # learning rate, because lr 3e-5 needs far more steps than a CPU budget allows.
-    "cpu": {"epochs": 25, "lr": 1e-3, "train_stride": 50,
+    "cpu": {"epochs": 20, "lr": 1e-3, "train_stride": 100,
             "model": {"tcn_channels": [128, 128], "transformer_layers": 1, "transformer_heads": 4,
                       "transformer_ff": 256, "head_hidden": 64}},
     # tests and CI: seconds
