@@ -1,7 +1,9 @@
 """Which implementation an op takes for given tensors: Triton kernels or the reference."""
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from functools import lru_cache
 
 import torch
@@ -38,3 +40,43 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     if all(t.device.type == "cpu" for t in ts) and env.triton_interpret():
         return triton_importable()
     return False
+
+
+def triton_mode() -> str | None:
+    """How Triton runs in this process: "interpreted", "compiled", or None (not imported yet).
+
+    Fixed by TRITON_INTERPRET at the first ``import triton``: Triton's own library functions
+    (tl.sum, ...) are decorated then, and interpreted kernels cannot call compiled ones nor the
+    other way round, so one process runs the kernels in one mode only.
+    """
+    tl = sys.modules.get("triton.language")
+    if tl is None:
+        return None
+    return "interpreted" if type(tl.sum).__name__ == "InterpretedFunction" else "compiled"
+
+
+def load_kernels(module: str, what: str):
+    """The Triton kernel module ``module``, (re)imported to match the interpreter setting.
+
+    ``what`` names the op in error messages. Kernel modules expose ``INTERPRETED``.
+    """
+    want = env.triton_interpret()
+    if want:
+        # Triton reads its own variable when the kernels are decorated.
+        os.environ["TRITON_INTERPRET"] = "1"
+    if not triton_importable():
+        raise RuntimeError(f"{what} needs Triton (pip install triton)")
+    mode = triton_mode()
+    if mode is not None and (mode == "interpreted") != want:
+        raise RuntimeError(
+            f"{what}: Triton was imported in {mode} mode in this process, but "
+            "AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET ask for the "
+            f"{'interpreter' if want else 'compiler'}; the mode is fixed at the first "
+            "`import triton`, so set the variable before anything imports Triton (or run in a "
+            "fresh process), or set AFFACCEL_FORCE_REFERENCE=1 to use the reference")
+    mod = sys.modules.get(module)
+    if mod is None:
+        return importlib.import_module(module)
+    if mod.INTERPRETED != want:
+        mod = importlib.reload(mod)
+    return mod

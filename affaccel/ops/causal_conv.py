@@ -15,15 +15,12 @@ residual [B, T, C_out], y [B, T, C_out].
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
 from affaccel import env
-from affaccel.ops._dispatch import triton_importable, use_triton
+from affaccel.ops._dispatch import load_kernels, triton_importable, triton_mode, use_triton  # noqa: F401
 
 # activation name -> code understood by the kernels (kernels/tcn_conv.py ACT_*)
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2, "leaky_relu": 3}
@@ -104,41 +101,8 @@ def _check(x, weight, bias, dilation, activation, residual) -> None:
 KERNELS = "affaccel.kernels.tcn_conv"
 
 
-def triton_mode() -> str | None:
-    """How Triton runs in this process: "interpreted", "compiled", or None (not imported yet).
-
-    Fixed at the first ``import triton`` by TRITON_INTERPRET: Triton's own library functions
-    (tl.sum, tl.cdiv, ...) are decorated then, and interpreted kernels cannot call compiled ones
-    or the other way round, so one process runs the kernels in one mode only.
-    """
-    tl = sys.modules.get("triton.language")
-    if tl is None:
-        return None
-    return "interpreted" if type(tl.sum).__name__ == "InterpretedFunction" else "compiled"
-
-
 def _kernels():
-    """The kernel module, (re)imported so that it matches the interpreter setting."""
-    want = env.triton_interpret()
-    if want:
-        # Triton reads its own variable when kernels are decorated (see ops._dispatch)
-        os.environ["TRITON_INTERPRET"] = "1"
-    if not triton_importable():
-        raise RuntimeError("the fused causal convolution needs Triton (pip install triton)")
-    mode = triton_mode()
-    if (mode == "interpreted") != want:
-        raise RuntimeError(
-            f"affaccel causal_conv1d: Triton was imported in {mode} mode in this process, but "
-            f"AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET ask for the "
-            f"{'interpreter' if want else 'compiler'}; the mode is fixed at the first "
-            "`import triton`, so set the variable before anything imports Triton (or use a "
-            "fresh process), or pass fused=False / set AFFACCEL_FORCE_REFERENCE=1")
-    mod = sys.modules.get(KERNELS)
-    if mod is None:
-        return importlib.import_module(KERNELS)
-    if mod.INTERPRETED != want:
-        mod = importlib.reload(mod)
-    return mod
+    return load_kernels(KERNELS, "affaccel causal_conv1d")
 
 
 def _precision(t: torch.Tensor) -> str:

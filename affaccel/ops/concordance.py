@@ -27,15 +27,12 @@ requires them, for target.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from affaccel.ops._dispatch import use_triton
+from affaccel.ops._dispatch import load_kernels, triton_mode, use_triton  # noqa: F401
 
 REDUCTIONS = ("global", "per_window")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -143,41 +140,8 @@ def ccc_loss_ref(pred, target, mask=None, reduction="global"):
 
 
 # --------------------------------------------------------------------------- fused path
-def triton_mode() -> str | None:
-    """How Triton runs in this process: "interpreted", "compiled", or None (not imported yet).
-
-    Fixed by TRITON_INTERPRET at the first ``import triton``: Triton's own library functions
-    (tl.sum, ...) are decorated then, and interpreted kernels cannot call compiled ones nor the
-    other way round, so one process runs the kernels in one mode only.
-    """
-    tl = sys.modules.get("triton.language")
-    if tl is None:
-        return None
-    return "interpreted" if type(tl.sum).__name__ == "InterpretedFunction" else "compiled"
-
-
 def _kernels():
-    """The kernel module, (re)imported so that it matches the current interpreter setting."""
-    from affaccel import env
-
-    want = env.triton_interpret()
-    if want:
-        # Triton reads its own variable when the kernels are decorated (as in _dispatch).
-        os.environ["TRITON_INTERPRET"] = "1"
-    mode = triton_mode()
-    if mode is not None and (mode == "interpreted") != want:
-        raise RuntimeError(
-            f"affaccel CCC kernels: Triton was imported in {mode} mode in this process, but "
-            f"AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET now ask for the "
-            f"{'interpreter' if want else 'compiler'}; the mode is fixed at the first "
-            "`import triton`, so set the variable before anything imports Triton (or run in a "
-            "fresh process), or set AFFACCEL_FORCE_REFERENCE=1 to use the reference")
-    mod = sys.modules.get("affaccel.kernels.ccc")
-    if mod is None:
-        return importlib.import_module("affaccel.kernels.ccc")
-    if mod.INTERPRETED != want:
-        mod = importlib.reload(mod)
-    return mod
+    return load_kernels("affaccel.kernels.ccc", "affaccel CCC kernels")
 
 
 def _next_pow2(n: int) -> int:

@@ -30,7 +30,9 @@ def _run_in_fresh_process(marker_expr: str, interpret: bool):
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
          "-m", marker_expr, "-k", "not fresh_process"],
-        env=env, capture_output=True, text=True, timeout=600)
+        env=env, capture_output=True, text=True, timeout=600,
+        # outside the repo root: a source checkout must not shadow the installed package
+        cwd=os.path.dirname(os.path.abspath(__file__)))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
 
