@@ -96,3 +96,26 @@ def test_module_entry_point_exit_code(setup, tmp_path):
                            "--no-progress"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "not a readable video container" in proc.stdout
+
+
+def test_output_names_and_box_folder(tmp_path):
+    from affaccel.predict import output_names, resolve_boxes
+
+    assert output_names(["a/x.mp4", "b/x.mp4", "y.webm", "c/x.mkv"]) == ["x", "x_1", "y", "x_2"]
+    (tmp_path / "x.boxes.csv").write_text("frame,x,y,w,h\n")
+    (tmp_path / "y.csv").write_text("frame,x,y,w,h\n")
+    assert resolve_boxes(["v/x.mp4", "y.webm"], [str(tmp_path)]) == [tmp_path / "x.boxes.csv",
+                                                                      tmp_path / "y.csv"]
+    with pytest.raises(ValueError, match="no z.boxes.csv or z.csv for video z.mp4"):
+        resolve_boxes(["z.mp4"], [str(tmp_path)])
+    assert resolve_boxes(["a.mp4"], None) == [None]
+
+
+def test_stream_flag_gives_the_same_table(setup, tmp_path):
+    import pandas as pd
+
+    assert _run([setup["good"], "--bundle", setup["bundle"], "--out", tmp_path / "a"]) == 0
+    assert _run([setup["good"], "--bundle", setup["bundle"], "--out", tmp_path / "b",
+                 "--stream", "--batch-size", "7"]) == 0
+    a, b = pd.read_csv(tmp_path / "a" / "good.csv"), pd.read_csv(tmp_path / "b" / "good.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-5)
