@@ -230,7 +230,7 @@ def _eyes(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
     arousal01 = 0.5 * (st.arousal + 1.0)
     # arousal widens the eyes; AU7 tightens the lids; AU6 pushes the lower lid up; blinks close.
-    opening = idt.eye_h * (0.6 + 0.8 * arousal01) * (1 + st.eye_jitter)
+    opening = idt.eye_h * (0.45 + 1.1 * arousal01) * (1 + st.eye_jitter)
     opening *= (1 - 0.5 * a[AU7]) * (1 - 0.3 * a[AU6]) * (1 - st.blink)
     ey = -0.05
     for side in (-1, 1):
@@ -259,11 +259,11 @@ def _eyes(d, pose, idt: Identity, st: FaceState, skin_dark):
 
 def _brows(d, pose, idt: Identity, st: FaceState, skin_dark):
     a = st.au
-    base = -0.05 - idt.brow_gap - 0.07 * st.arousal + st.brow_jitter
+    base = -0.05 - idt.brow_gap - 0.12 * st.arousal + st.brow_jitter
     for side in (-1, 1):
         # AU1 raises the inner end, AU2 the outer end, AU4 lowers and pulls the inner end in.
-        inner_y = base - 0.13 * a[AU1] + 0.1 * a[AU4]
-        outer_y = base - 0.13 * a[AU2] + 0.04 * a[AU4]
+        inner_y = base - 0.18 * a[AU1] + 0.14 * a[AU4]
+        outer_y = base - 0.18 * a[AU2] + 0.05 * a[AU4]
         inner_x = side * (idt.eye_dx - idt.eye_w * 0.95 - 0.06 * a[AU4])
         outer_x = side * (idt.eye_dx + idt.eye_w * 1.15)
         s = (_S + 1) * 0.5
@@ -308,7 +308,7 @@ def _mouth(d, pose, idt: Identity, st: FaceState):
     v = st.valence
     arousal_pos = max(st.arousal, 0.0)
     # corners: valence and AU12 pull up, AU15 pulls down (v axis points down)
-    curve = -(0.16 * v + 0.12 * a[AU12] - 0.13 * a[AU15] + idt.rest_curve + st.curve_jitter)
+    curve = -(0.28 * v + 0.15 * a[AU12] - 0.15 * a[AU15] + idt.rest_curve + st.curve_jitter)
     half_w = idt.mouth_w * (1 + 0.2 * a[AU12] - 0.25 * a[AU23] - 0.1 * a[AU24] + 0.04 * v)
     lip = idt.lip_t * (1 - 0.6 * a[AU24] - 0.45 * a[AU23])
     gap = 0.05 * a[AU25] + 0.12 * a[AU26] * (0.3 + 0.7 * a[AU25]) + 0.02 * arousal_pos

@@ -15,7 +15,7 @@ Layout written (identical to Aff-Wild2, read by ``affaccel.data.affwild2.load_af
     videos/<video>.boxes.csv                      ground-truth face box per visible frame
     synthetic.json                                manifest (seed, preset, splits, which are raw)
 
-How labels are made (per video, 30 fps): a sequence of expression segments of 1.5-5 s (Markov
+How labels are made (per video, 30 fps): a sequence of expression segments of 1-3.5 s (Markov
 chain over the 8 classes); valence/arousal follow the segment's prototype through a first-order
 lag plus a slow Ornstein-Uhlenbeck drift; each segment switches on the action units typical of
 its expression (onset/offset jittered, intensity ramps), plus rare spontaneous AU events; an
@@ -52,7 +52,7 @@ MANIFEST = "synthetic.json"
 # from the validation split first). Encoding VP9 is the slow part, hence a subset.
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_train=5, n_val=3, n_frames=(60, 120), raw_videos="val"),
-    "default": dict(n_train=32, n_val=8, n_frames=(240, 420), raw_videos=2),
+    "default": dict(n_train=40, n_val=10, n_frames=(200, 360), raw_videos=2),
     "large": dict(n_train=60, n_val=16, n_frames=(400, 900), raw_videos=4),
 }
 
@@ -105,7 +105,7 @@ def _segments(rng: np.random.Generator, n: int) -> list[tuple[int, int, int, flo
         if prev >= 0:
             p[prev] = 0.0
         c = int(rng.choice(8, p=p / p.sum()))
-        d = int(rng.uniform(1.5, 5.0) * FPS)
+        d = int(rng.uniform(1.0, 3.5) * FPS)
         segs.append((t, min(n, t + d), c, float(rng.uniform(0.55, 1.0))))
         t, prev = t + d, c
     return segs
@@ -182,7 +182,7 @@ def make_track(rng: np.random.Generator, n: int, skin: tuple) -> Track:
     pose = slow.copy()
     pose[:, :3] += shake                  # head-shake speed carries arousal: only seen in motion
     pose[:, 4] += 1.0
-    jitter = rng.standard_normal((n, 3)) * (0.04, 0.03, 0.15)
+    jitter = rng.standard_normal((n, 3)) * (0.07, 0.045, 0.2)
 
     gain = 1.0 + _ou(rng, n, 1, 3.0, 0.08)[:, 0] + rng.normal(0, 0.03, n)
     for s, e in _events(rng, n, 1 / 12, (0.05, 0.15)):     # camera flashes / glare
@@ -239,10 +239,11 @@ def _missing_runs(rng, n: int, force_leading: bool) -> np.ndarray:
     return miss
 
 
-def _unannotated(rng, n: int) -> np.ndarray:
-    """Frames a task's annotators skipped: bool [T] (True = written as the invalid marker)."""
+def _unannotated(rng, n: int, force: bool = False) -> np.ndarray:
+    """Frames a task's annotators skipped: bool [T] (True = written as the invalid marker).
+    ``force``: always at least one stretch (the first video of each split shows every case)."""
     bad = np.zeros(n, bool)
-    if rng.random() < 0.35:
+    if rng.random() < 0.35 or force:
         for _ in range(rng.integers(1, 3)):
             s = int(rng.integers(0, n))
             bad[s:s + int(rng.uniform(1, 3) * FPS)] = True
@@ -298,7 +299,7 @@ def _faces(job: _SourceJob) -> list[dict]:
         track = make_track(rng, n, idt.skin)
         missing = _missing_runs(rng, n, job.force_leading_missing and k == 0)
         tasks = [t for t in TASKS if job.all_tasks or rng.random() >= 0.1] or ["va"]
-        bad = {t: _unannotated(rng, n) for t in TASKS}
+        bad = {t: _unannotated(rng, n, force=job.all_tasks) for t in TASKS}
         faces.append(dict(id=vid, idt=idt, track=track, missing=missing, tasks=tasks, bad=bad,
                           light=R.light_map(rng, size, rng.uniform(0.05, 0.3)),
                           bg=R.background(idt, size), rng=_rng(job.seed, job.index, k, 1),
@@ -531,8 +532,8 @@ def _parse_raw_spec(value):
     return value
 
 
-def generate(out: str | os.PathLike, *, n_train: int = 32, n_val: int = 8,
-             n_frames: tuple[int, int] = (240, 420), seed: int = 0, image_size: int = 112,
+def generate(out: str | os.PathLike, *, n_train: int = 40, n_val: int = 10,
+             n_frames: tuple[int, int] = (200, 360), seed: int = 0, image_size: int = 112,
              raw_videos="val", video_size: tuple[int, int] = (480, 360),
              workers: int | None = None, preset: str = "custom", overwrite: bool = False,
              progress: bool = True) -> Path:
