@@ -1,0 +1,722 @@
+"""End-to-end throughput: affaccel's pipeline against a naive one, stage by stage, same videos.
+
+    python bench/throughput.py                 # full run (default synthetic preset, 3 repeats)
+    python bench/throughput.py --quick         # CI-sized: 'tiny' synthetic set, 1 repeat
+    python bench/throughput.py --videos a.mp4 b.webm [--boxes a.csv b.csv] --bundle B.pt
+
+Pipelines (both read the same bundle and the same videos, and are checked to give the same
+per-frame predictions):
+  optimized  ``AffectPredictor.predict_video`` fed by a decode thread (``iter_video``, backend
+             "auto": PyAV with frame threading on CPU, DALI/NVDEC on GPU with given boxes),
+             batched crops (DALI), ClipEncoder under ``inference_mode`` (bf16 autocast on
+             CUDA, fp32 on CPU), C++ windows, TCN (fused Triton on CUDA), Transformer, C++
+             overlap averaging. Also timed without the decode thread ("serial"), so whether
+             the overlap helps is measured; the serial run carries the stage timers.
+  naive      bench/_naive_pipeline.py: PyAV frame by frame to PIL, per-frame PIL crop +
+             torchvision transforms, open_clip fp32 eager (batch 64), Python window and
+             averaging loops, eager nn.Conv1d+chomp TCN with the same weights.
+Faces: ``--faces boxes`` (default on the synthetic set: its ground-truth box files, the
+"user boxes" input of both pipelines) or ``--faces detect`` (the built-in Haar detector and
+tracker, the same code in both pipelines, so the face stage compares like with like).
+Without ``--bundle`` a bundle is built from a random-init encoder and temporal models; the
+throughput does not depend on the weights' values.
+
+Timing: one warm-up run of each pipeline, then ``--repeats`` rounds, each running every
+configuration once in a rotating order (so load noise on a shared machine hits all of them);
+medians are reported. Stage figures are frames / seconds spent in the stage. Prints a table
+last, writes ``--json``, appends a row to bench/results/throughput_<cpu|gpu>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for p in (str(ROOT), str(BENCH)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+STAGES = ("decode", "faces", "encoder", "temporal", "averaging")
+VIT_B16_GFLOP = 35.2          # DESIGN.md: ViT-B/16 at 224 px, forward, per frame
+CSV_FIELDS = ["date", "commit", "machine", "device", "cores", "torch", "triton", "dali", "av",
+              "model", "image_size", "faces", "videos", "frames", "repeats", "optimized_fps",
+              "optimized_serial_fps", "naive_fps", "speedup", "overlap_gain",
+              *[f"opt_{s}_fps" for s in STAGES], *[f"naive_{s}_fps" for s in STAGES],
+              "encoder_roofline", "opt_peak_mem_mb", "naive_peak_mem_mb", "parity_max_abs"]
+
+
+@dataclass
+class Job:
+    """One video and its faces: boxes [T, 4] (NaN rows = no face) or None (detect)."""
+    path: Path
+    boxes: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def synthetic_jobs(preset: str) -> list[Job]:
+    """Every raw video (H.264 .mp4 and VP9 .webm) of a synthetic preset, with the ground-truth
+    boxes of its first subject."""
+    from affaccel.data.synthetic import MANIFEST, ensure_synthetic
+    from affaccel.faces.boxes import read_boxes_csv
+
+    root = ensure_synthetic(preset)
+    manifest = json.loads((root / MANIFEST).read_text())
+    jobs = []
+    for src, info in sorted(manifest["raw_videos"].items()):
+        subject = sorted(info["boxes"])[0]
+        boxes = read_boxes_csv(root / info["boxes"][subject])
+        for key in ("mp4", "webm"):
+            if info.get(key):
+                jobs.append(Job(root / info[key], boxes))
+    if not jobs:
+        raise ValueError(f"synthetic preset {preset!r} at {root} has no raw videos")
+    return jobs
+
+
+def user_jobs(videos: list[str], boxes: list[str] | None) -> list[Job]:
+    from affaccel.faces.boxes import read_boxes_csv
+
+    if boxes and len(boxes) != len(videos):
+        raise ValueError(f"--boxes: {len(boxes)} files for {len(videos)} --videos (one each)")
+    out = []
+    for i, v in enumerate(videos):
+        if not Path(v).is_file():
+            raise ValueError(f"--videos: {v} is not a file")
+        out.append(Job(Path(v), read_boxes_csv(boxes[i]) if boxes else None))
+    return out
+
+
+def build_bundle(path: Path, model: str, preset: str) -> Path:
+    """A bundle of a random-init encoder and va/expr/au temporal models (paper window)."""
+    import torch
+
+    from affaccel.bundle import save_bundle
+    from affaccel.config import WindowConfig
+    from affaccel.nn.clip import ClipConfig, build_encoder
+    from affaccel.nn.temporal import TemporalModel
+    from affaccel.train import make_config
+
+    torch.manual_seed(0)
+    enc = build_encoder(ClipConfig(model_name=model, init_seed=0))
+    tasks = {}
+    for t in ("va", "expr", "au"):
+        cfg = make_config(t, preset, model={"in_dim": enc.feature_dim},
+                          window={"window": 300, "stride": 200})
+        tasks[t] = (TemporalModel(cfg.model).eval(), cfg, {})
+    return save_bundle(path, window=WindowConfig(300, 200), tasks=tasks, encoder=enc)
+
+
+# --------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+class PeakRSS:
+    """Highest resident set size (bytes) of this process while the context is open, sampled
+    every 5 ms from /proc/self/statm (falls back to ru_maxrss where /proc is missing)."""
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+        return self
+
+    def _rss(self) -> int:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _loop(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+class Prefetch:
+    """Runs an iterator in a background thread, ``depth`` items ahead.
+
+    Records how long the producer was busy (``busy_s``), blocked on a full queue because the
+    consumer was slower (``blocked_s``), and how long the consumer waited on an empty queue
+    (``wait_s``): the idle time of each side of the overlap.
+    """
+
+    _END = object()
+
+    def __init__(self, it, depth: int = 3):
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.busy_s = self.blocked_s = self.wait_s = 0.0
+        self.error = None
+        self._t = threading.Thread(target=self._run, args=(iter(it),), daemon=True)
+        self._t.start()
+
+    def _run(self, it):
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(it, self._END)
+                t1 = time.perf_counter()
+                self.busy_s += t1 - t0
+                self.q.put(item)
+                self.blocked_s += time.perf_counter() - t1
+                if item is self._END:
+                    return
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            self.error = e
+            self.q.put(self._END)
+
+    def __iter__(self):
+        while True:
+            t0 = time.perf_counter()
+            item = self.q.get()
+            self.wait_s += time.perf_counter() - t0
+            if item is self._END:
+                self._t.join()
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+
+class StageTimers:
+    """Wraps a predictor's stage methods on the instance (the class is untouched) and adds up
+    the seconds each takes; CUDA work is synchronised at the end of each call so the time
+    lands in the stage that launched it."""
+
+    def __init__(self, pred, device):
+        import torch
+
+        self.pred = pred
+        self.s = dict.fromkeys((*STAGES, "windows_total"), 0.0)
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self._names = []
+
+    def _wrap(self, attr, stage):
+        fn = getattr(self.pred, attr)
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            self.sync()
+            self.s[stage] += time.perf_counter() - t0
+            return out
+
+        setattr(self.pred, attr, timed)
+        self._names.append(attr)
+
+    def __enter__(self):
+        self._wrap("_crop", "faces")
+        self._wrap("encode", "encoder")
+        self._wrap("run_windows", "temporal")
+        self._wrap("_temporal_batch", "windows_total")
+        det = self.pred.detector if self.pred._detector is not None else None
+        if det is not None:
+            self._det = det
+            timers = self
+
+            class TimedDetector:
+                def detect(self, frames):
+                    t0 = time.perf_counter()
+                    out = det.detect(frames)
+                    timers.s["faces"] += time.perf_counter() - t0
+                    return out
+
+                __call__ = detect
+
+            self.pred._detector = TimedDetector()
+        return self
+
+    def __exit__(self, *exc):
+        for a in self._names:
+            delattr(self.pred, a)           # back to the class's methods
+        if getattr(self, "_det", None) is not None:
+            self.pred._detector = self._det
+        # windows + averaging = the whole-array temporal step minus the model forward
+        self.s["averaging"] = max(0.0, self.s.pop("windows_total") - self.s["temporal"])
+
+    def timed_iter(self, it):
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            self.s["decode"] += time.perf_counter() - t0
+            if item is None:
+                return
+            yield item
+
+
+# --------------------------------------------------------------------------------------------
+# the two pipelines
+
+
+def predictions_from_table(table, tasks) -> dict:
+    from affaccel.tasks import TASKS
+
+    return {t: table[list(TASKS[t].columns)].to_numpy(np.float64) for t in tasks}
+
+
+def run_optimized(pred, jobs, batch: int, decode_device: str, overlap: bool, timers=None):
+    """All jobs through AffectPredictor; returns (predictions per job, overlap stats)."""
+    from affaccel.video.decode import iter_video
+
+    preds, ov = [], {"busy_s": 0.0, "blocked_s": 0.0, "wait_s": 0.0}
+    for job in jobs:
+        frames = (b.frames for b in iter_video(job.path, backend="auto", device=decode_device,
+                                               batch_size=batch))
+        if timers is not None:
+            frames = timers.timed_iter(frames)
+        if overlap:
+            frames = Prefetch(frames, depth=3)
+        res = pred.predict_video(frames, boxes=job.boxes, batch_size=batch)
+        if overlap:
+            ov = {k: ov[k] + getattr(frames, k) for k in ov}
+        preds.append(predictions_from_table(res.frame, pred.tasks))
+    return preds, ov
+
+
+def run_naive(models, jobs, track_factory=None):
+    import _naive_pipeline as naive
+
+    preds, st = [], dict.fromkeys(STAGES, 0.0)
+    for job in jobs:
+        track = track_factory() if track_factory is not None else None
+        p, s = naive.run_video(models, job.path, boxes=job.boxes, track=track)
+        preds.append(p)
+        for k in STAGES:
+            st[k] += s[k]
+    return preds, st
+
+
+def naive_tracker_factory(pred):
+    """Per-frame face tracking for the naive pipeline with affaccel's detector + tracker (same
+    boxes as the optimized pipeline; detection is not what this benchmark compares)."""
+    from affaccel.faces.tracker import FaceTracker
+
+    def make():
+        tr = FaceTracker(pred.detector, **pred.tracker_options)
+
+        def track(frame):
+            out = tr.update(frame[None])
+            return out.boxes[0]
+
+        return track
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# environment
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "affaccel", "bench"],
+                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
+        return (out or "unknown") + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict:
+    import av
+    import torch
+
+    out = {"torch": torch.__version__, "av": av.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for name, mod in (("triton", "triton"), ("dali", "nvidia.dali"), ("open_clip", "open_clip")):
+        try:
+            out[name] = __import__(mod, fromlist=["_"]).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is reported as such
+            out[name] = None
+    return out
+
+
+def encoder_gflop(encoder) -> float:
+    """Forward GFLOP of one frame (2 x multiply-adds), counted by torch's FLOP counter."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enc = copy.deepcopy(encoder).to("cpu").float().eval()
+    x = torch.zeros(1, 3, enc.image_size, enc.image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        enc(x)
+    return fc.get_total_flops() / 1e9
+
+
+def bf16_matmul_peak_tflops(device, n: int = 8192, iters: int = 20) -> float:
+    """Measured peak of a large bf16 matrix product on this GPU (TFLOP/s)."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI-sized run: 'tiny' synthetic set, "
+                   "1 repeat")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--model", default=None, help="open_clip model for the built bundle "
+                   "(default: ViT-B-16 on GPU, affaccel-vit-tiny on CPU)")
+    p.add_argument("--temporal-preset", default=None, help="temporal model preset of the built "
+                   "bundle (affaccel.train PRESETS; default: paper on GPU, cpu on CPU)")
+    p.add_argument("--bundle", default=None, help="bundle file (default: build a random-init one)")
+    p.add_argument("--videos", nargs="+", default=None, help="videos (default: synthetic set)")
+    p.add_argument("--boxes", nargs="+", default=None, help="box CSV per --videos entry")
+    p.add_argument("--preset", default=None, help="synthetic preset (default: 'default', "
+                   "'tiny' with --quick)")
+    p.add_argument("--faces", choices=("boxes", "detect"), default=None,
+                   help="given boxes or the built-in detector+tracker (default: boxes when "
+                   "boxes are known)")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per batch (optimized)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3, 1 quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each pipeline first")
+    p.add_argument("--max-videos", type=int, default=None, help="use the first N videos only")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both "
+                   "pipelines (default: torch's default)")
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--csv", default=None, help="append the row here (default "
+                   "bench/results/throughput_<cpu|gpu>.csv)")
+    p.add_argument("--no-csv", action="store_true", help="do not append a CSV row")
+    p.add_argument("--tolerance", type=float, default=None, help="max |optimized - naive| per "
+                   "prediction (default 2e-3 fp32, 5e-2 bf16)")
+    a = p.parse_args(argv)
+    if a.repeats is None:
+        a.repeats = 1 if a.quick else 3
+    if a.repeats < 1 or a.batch_size < 1 or a.warmup < 0:
+        raise SystemExit("--repeats and --batch-size must be >= 1, --warmup >= 0")
+    if a.max_videos is not None and a.max_videos < 1:
+        raise SystemExit("--max-videos must be >= 1")
+    if a.threads is not None and a.threads < 1:
+        raise SystemExit("--threads must be >= 1")
+    return a
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run_benchmark(argv=None) -> dict:
+    """Run the benchmark; returns the report (also holding the last repeat's predictions of
+    both pipelines under "predictions", which the JSON leaves out)."""
+    import torch
+
+    from affaccel.predictor import AffectPredictor, resolve_device
+
+    a = parse_args(argv)
+    device = resolve_device(a.device)
+    on_gpu = device.type == "cuda"
+    model = a.model or ("ViT-B-16" if on_gpu else "affaccel-vit-tiny")
+    tpreset = a.temporal_preset or ("paper" if on_gpu else "cpu")
+    if a.videos:
+        jobs = user_jobs(a.videos, a.boxes)
+    else:
+        jobs = synthetic_jobs(a.preset or ("tiny" if a.quick else "default"))
+    if a.max_videos:
+        jobs = jobs[:a.max_videos]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    faces = a.faces or ("boxes" if all(j.boxes is not None for j in jobs) else "detect")
+    if faces == "boxes" and any(j.boxes is None for j in jobs):
+        raise ValueError("--faces boxes needs --boxes for every video")
+    if faces == "detect":
+        jobs = [Job(j.path, None) for j in jobs]
+
+    tmp = tempfile.TemporaryDirectory(prefix="affaccel-throughput-")
+    bundle = Path(a.bundle) if a.bundle else build_bundle(Path(tmp.name) / "bundle.pt", model,
+                                                          tpreset)
+    # uniform overlap averaging in both pipelines (the naive one implements only that)
+    pred = AffectPredictor.from_bundle(bundle, device=str(device), weighting="uniform")
+    import _naive_pipeline as naive
+
+    nmodels = naive.NaiveModels(bundle, device)
+    track_factory = naive_tracker_factory(pred) if faces == "detect" else None
+    # with given boxes the GPU pipeline decodes on the GPU (NVDEC); the detector needs CPU frames
+    decode_device = str(device) if on_gpu and faces == "boxes" else "cpu"
+
+    def mem_start():
+        if on_gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def mem_peak(rss):
+        return (torch.cuda.max_memory_allocated(device) if on_gpu else rss.peak) / 2 ** 20
+
+    configs = {
+        "optimized": lambda: run_optimized(pred, jobs, a.batch_size, decode_device, True),
+        "naive": lambda: run_naive(nmodels, jobs, track_factory),
+        "serial": None,   # filled below: needs fresh timers each time
+    }
+    runs = {k: [] for k in configs}
+    stage_runs = {"optimized": [], "naive": []}
+    overlap_runs, mem = [], {"optimized": 0.0, "naive": 0.0}
+    out_preds = {}
+
+    def run(name):
+        mem_start()
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            if name == "serial":
+                with StageTimers(pred, device) as tm:
+                    p, _ = run_optimized(pred, jobs, a.batch_size, decode_device, False, tm)
+                stages = tm.s
+            elif name == "optimized":
+                p, ov = configs[name]()
+                stages = None
+            else:
+                p, stages = configs[name]()
+            secs = time.perf_counter() - t0
+        key = "naive" if name == "naive" else "optimized"
+        mem[key] = max(mem[key], mem_peak(rss))
+        return p, secs, stages, (ov if name == "optimized" else None)
+
+    print(f"warm-up ({len(jobs)} videos, {model}, {device}) ...", file=sys.stderr)
+    for _ in range(a.warmup):
+        for name in ("optimized", "naive"):
+            run(name)
+    order = ["optimized", "naive", "serial"]
+    for r in range(a.repeats):
+        for name in order[r % 3:] + order[:r % 3]:     # rotate: load noise hits all of them
+            p, secs, stages, ov = run(name)
+            runs[name].append(secs)
+            if name == "serial":
+                stage_runs["optimized"].append(stages)
+            elif name == "naive":
+                stage_runs["naive"].append(stages)
+                out_preds["naive"] = p
+            else:
+                overlap_runs.append({**ov, "wall_s": secs})
+                out_preds["optimized"] = p
+        print(f"round {r + 1}/{a.repeats}: " + ", ".join(
+            f"{k} {runs[k][-1]:.2f} s" for k in order), file=sys.stderr)
+
+    n_frames = sum(len(next(iter(p.values()))) for p in out_preds["optimized"])
+    n_naive = sum(len(next(iter(p.values()))) for p in out_preds["naive"])
+    if n_frames != n_naive:
+        raise RuntimeError(f"the pipelines decoded different frame counts: {n_frames} vs {n_naive}")
+
+    # apples to apples: same per-frame predictions (NaN rows = no face, in both)
+    tol = a.tolerance or (5e-2 if on_gpu else 2e-3)
+    parity = {}
+    for t in pred.tasks:
+        o = np.concatenate([p[t] for p in out_preds["optimized"]])
+        nv = np.concatenate([p[t] for p in out_preds["naive"]])
+        same_nan = bool(np.array_equal(np.isnan(o), np.isnan(nv)))
+        diff = np.abs(o - nv)
+        parity[t] = {"max_abs": float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0,
+                     "same_face_rows": same_nan,
+                     "frames_with_face": int((~np.isnan(o[:, 0])).sum())}
+    parity_max = max(v["max_abs"] for v in parity.values())
+    parity_ok = parity_max <= tol and all(v["same_face_rows"] for v in parity.values())
+
+    med = {k: median(v) for k, v in runs.items()}
+    fps = {k: n_frames / med[k] for k in runs}
+
+    def stage_fps(rs):
+        out = {}
+        for s in STAGES:
+            secs = median([x[s] for x in rs])
+            out[s] = {"seconds": secs, "fps": n_frames / secs if secs > 0 else float("inf")}
+        return out
+
+    stages = {"optimized": stage_fps(stage_runs["optimized"]),
+              "naive": stage_fps(stage_runs["naive"])}
+    ov = {k: median([o[k] for o in overlap_runs]) for k in ("busy_s", "blocked_s", "wait_s",
+                                                             "wall_s")}
+    overlap = {
+        "decode_busy_s": ov["busy_s"],
+        # idle time of each side of the decode | rest-of-pipeline overlap, share of wall time
+        "decode_idle_frac": ov["blocked_s"] / ov["wall_s"],
+        "pipeline_wait_on_decode_frac": ov["wait_s"] / ov["wall_s"],
+        "serial_fps": fps["serial"],
+        "overlapped_fps": fps["optimized"],
+        "gain": fps["optimized"] / fps["serial"],
+    }
+    gflop = encoder_gflop(pred.encoder)
+    roofline = None
+    if on_gpu:
+        peak = bf16_matmul_peak_tflops(device)
+        enc_fps = stages["optimized"]["encoder"]["fps"]
+        roofline = {"gflop_per_frame": gflop, "vit_b16_reference_gflop": VIT_B16_GFLOP,
+                    "bf16_matmul_peak_tflops": peak, "encoder_fps": enc_fps,
+                    "fraction": enc_fps * gflop / (peak * 1e3)}
+    v = versions()
+    report = {
+        "optimized_fps": fps["optimized"],
+        "naive_fps": fps["naive"],
+        "speedup": fps["optimized"] / fps["naive"],
+        "optimized_serial_fps": fps["serial"],
+        "seconds": {k: {"median": med[k], "all": runs[k]} for k in runs},
+        "stages": stages,
+        "stage_speedup": {s: stages["optimized"][s]["fps"] / stages["naive"][s]["fps"]
+                          for s in STAGES if stages["naive"][s]["seconds"] > 0
+                          and stages["optimized"][s]["seconds"] > 0},
+        "overlap": overlap,
+        "peak_memory_mb": {**mem, "kind": "torch.cuda.max_memory_allocated" if on_gpu
+                           else "process RSS (sampled)"},
+        "encoder_gflop_per_frame": gflop,
+        "roofline": roofline,
+        "parity": {"tolerance": tol, "max_abs": parity_max, "ok": parity_ok, "tasks": parity},
+        "frames": n_frames,
+        "videos": [str(j.path) for j in jobs],
+        "faces": faces,
+        "model": model,
+        "temporal_preset": tpreset if not a.bundle else None,
+        "bundle": str(bundle) if a.bundle else "built (random init)",
+        "image_size": pred.encoder.image_size,
+        "batch_size": a.batch_size,
+        "repeats": a.repeats,
+        "device": str(device),
+        "decode_device": decode_device,
+        "machine": (torch.cuda.get_device_name(device) if on_gpu else cpu_model()),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": v,
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "naive_pipeline": json.loads(naive.describe()),
+    }
+    tmp.cleanup()
+    report["predictions"] = out_preds
+    return report
+
+
+def write_outputs(report: dict, json_path, csv_path) -> None:
+    from affaccel.io_utils import atomic_write_text
+
+    public = {k: v for k, v in report.items() if k != "predictions"}
+    if json_path:
+        atomic_write_text(Path(json_path), json.dumps(public, indent=1) + "\n")
+    if csv_path:
+        st = report["stages"]
+        row = {
+            "date": report["date"], "commit": report["commit"], "machine": report["machine"],
+            "device": report["device"], "cores": report["cores"],
+            "torch": report["versions"]["torch"], "triton": report["versions"]["triton"],
+            "dali": report["versions"]["dali"], "av": report["versions"]["av"],
+            "model": report["model"], "image_size": report["image_size"],
+            "faces": report["faces"], "videos": len(report["videos"]),
+            "frames": report["frames"], "repeats": report["repeats"],
+            "optimized_fps": f"{report['optimized_fps']:.2f}",
+            "optimized_serial_fps": f"{report['optimized_serial_fps']:.2f}",
+            "naive_fps": f"{report['naive_fps']:.2f}", "speedup": f"{report['speedup']:.3f}",
+            "overlap_gain": f"{report['overlap']['gain']:.3f}",
+            **{f"opt_{s}_fps": f"{st['optimized'][s]['fps']:.1f}" for s in STAGES},
+            **{f"naive_{s}_fps": f"{st['naive'][s]['fps']:.1f}" for s in STAGES},
+            "encoder_roofline": (f"{report['roofline']['fraction']:.3f}"
+                                 if report["roofline"] else ""),
+            "opt_peak_mem_mb": f"{report['peak_memory_mb']['optimized']:.0f}",
+            "naive_peak_mem_mb": f"{report['peak_memory_mb']['naive']:.0f}",
+            "parity_max_abs": f"{report['parity']['max_abs']:.2e}",
+        }
+        path = Path(csv_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.is_file() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def print_table(r: dict) -> None:
+    v = r["versions"]
+    print(f"\n{r['machine']} ({r['device']}, {r['cores']} cores, {r['torch_threads']} torch "
+          f"threads) | torch {v['torch']}, triton {v['triton']}, DALI {v['dali']}, PyAV {v['av']}"
+          f" | commit {r['commit']} | {r['date']}")
+    print(f"{r['model']} at {r['image_size']} px ({r['encoder_gflop_per_frame']:.2f} GFLOP/frame)"
+          f", {len(r['videos'])} videos, {r['frames']} frames, faces: {r['faces']}, median of "
+          f"{r['repeats']} (warm-up excluded)")
+    print(f"parity: max |optimized - naive| = {r['parity']['max_abs']:.2e} "
+          f"(tolerance {r['parity']['tolerance']:.0e}) -> {'OK' if r['parity']['ok'] else 'FAIL'}")
+    ov = r["overlap"]
+    print(f"decode thread overlap: {ov['overlapped_fps']:.1f} vs serial {ov['serial_fps']:.1f} "
+          f"frames/s (x{ov['gain']:.2f}); decoder idle {100 * ov['decode_idle_frac']:.0f}% , "
+          f"pipeline waiting on decode {100 * ov['pipeline_wait_on_decode_frac']:.0f}% of wall")
+    if r["roofline"]:
+        rf = r["roofline"]
+        print(f"encoder: {rf['encoder_fps']:.0f} frames/s x {rf['gflop_per_frame']:.1f} GFLOP = "
+              f"{100 * rf['fraction']:.1f}% of the measured bf16 matmul peak "
+              f"({rf['bf16_matmul_peak_tflops']:.0f} TFLOP/s)")
+    mem = r["peak_memory_mb"]
+    print(f"peak memory ({mem['kind']}): optimized {mem['optimized']:.0f} MiB, "
+          f"naive {mem['naive']:.0f} MiB\n")
+    st = r["stages"]
+    print(f"{'stage':<24} {'optimized f/s':>14} {'naive f/s':>12} {'speedup':>9}")
+    for s in STAGES:
+        o, n = st["optimized"][s]["fps"], st["naive"][s]["fps"]
+        print(f"{s:<24} {o:>14.1f} {n:>12.1f} {o / n:>8.2f}x")
+    print(f"{'end to end (serial)':<24} {r['optimized_serial_fps']:>14.1f} {r['naive_fps']:>12.1f}"
+          f" {r['optimized_serial_fps'] / r['naive_fps']:>8.2f}x")
+    print(f"{'END TO END':<24} {r['optimized_fps']:>14.1f} {r['naive_fps']:>12.1f} "
+          f"{r['speedup']:>8.2f}x")
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    report = run_benchmark(argv)
+    dev = "gpu" if report["device"].startswith("cuda") else "cpu"
+    csv_path = None if a.no_csv else (a.csv or BENCH / "results" / f"throughput_{dev}.csv")
+    write_outputs(report, a.json, csv_path)
+    print_table(report)
+    return 0 if report["parity"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
