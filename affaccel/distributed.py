@@ -34,7 +34,7 @@ def launched_by_torchrun() -> bool:
 
 
 def init_from_env(device: str = "cpu", backend: str | None = None,
-                  timeout_s: float = 600.0) -> DistInfo:
+                  timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group torchrun describes; single-process info when not launched by it.
 
     Args:
