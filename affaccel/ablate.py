@@ -11,6 +11,12 @@ one thing changes per row:
 - w/o Transformer:  the TCN straight into the MLP head
 
 Prints the table and writes it (with every run's metrics) to ``<out>/ablation.json``.
+
+``--probe`` adds a diagnosis of the features themselves (VA only): a per-frame ridge regression
+from each feature source (fine-tuned encoder, non-fine-tuned encoder, and raw 24x24 grey pixels
+as a floor that needs no learning) to valence/arousal, fitted on the training videos and scored
+on the validation videos. When the temporal variants cannot beat each other, this shows whether
+the features carry the signal at all.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ VARIANTS = {  # name -> (fine-tuned features?, model overrides)
 }
 
 
-def run_ablation(job, seeds: Sequence[int] = (0,), out: Path | None = None) -> dict:
+def run_ablation(job, seeds: Sequence[int] = (0,), out: Path | None = None, probe: bool = False) -> dict:
     """Train every variant for every seed; returns {"rows": {variant: mean metrics}, "runs": ...}."""
     from affaccel.metrics import format_table, table_keys
     from affaccel.pipeline import prepare, train_stage
@@ -55,11 +61,55 @@ def run_ablation(job, seeds: Sequence[int] = (0,), out: Path | None = None) -> d
     table = format_table(list(rows.items()), keys)
     report = {"task": job.task, "seeds": list(seeds), "preset": preps[True].preset, "data_root": str(preps[True].root),
               "rows": rows, "std_over_seeds": spread, "runs": runs, "table": table}
+    if probe and job.task == "va":
+        report["probe"] = feature_probe(preps)
+        report["probe_table"] = format_table(list(report["probe"].items()), keys)
     io_utils.atomic_write_json(out / "ablation.json", report)
+    if "probe_table" in report:
+        print(f"\nPer-frame ridge probe of the features (validation CCC; no temporal model)\n{report['probe_table']}")
     print(f"\nAblation, {job.task.upper()} ({len(seeds)} seed(s), mean over seeds) on {preps[True].root}")
     print(table)
     print(f"written: {out / 'ablation.json'}")
     return report
+
+
+def _ridge_ccc(train_x, train_y, val_x, val_y, val_mask, lam: float) -> dict:
+    from affaccel.metrics import va_metrics
+
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-3
+    a, b = (train_x - mu) / sd, (val_x - mu) / sd
+    y0 = train_y.mean(0)
+    w = np.linalg.solve(a.T @ a + lam * np.eye(a.shape[1]), a.T @ (train_y - y0))
+    return va_metrics(np.clip(b @ w + y0, -1, 1), val_y, val_mask)
+
+
+def _pixels(record, size: int = 24) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("L").resize((size, size)), np.float32).ravel() / 255
+                     for p in record.frame_paths])
+
+
+def feature_probe(preps: dict, lams=(1.0, 100.0, 1000.0)) -> dict:
+    """Validation CCC of per-frame ridge regressions to VA, best over ``lams``, per feature source."""
+    sources = {"fine-tuned features": lambda r: np.asarray(preps[True].cache.load_features(r.video_id), np.float32),
+               "non-fine-tuned features": lambda r: np.asarray(preps[False].cache.load_features(r.video_id),
+                                                               np.float32),
+               "raw 24x24 grey pixels": _pixels}
+    prep = preps[True]
+    out = {}
+    for name, get in sources.items():
+        def stack(records, train):
+            rs = [r for r in records if "va" in r.labels]
+            x = np.concatenate([get(r) for r in rs])
+            y = np.concatenate([r.labels["va"] for r in rs])
+            m = np.concatenate([r.label_mask["va"] & (r.frame_present if train else True) for r in rs])
+            return x, y, m
+        tx, ty, tm = stack(prep.train_records, True)
+        vx, vy, vm = stack(prep.val_records, False)
+        scores = [_ridge_ccc(tx[tm], ty[tm], vx, vy, vm, lam) for lam in lams]
+        out[name] = max(scores, key=lambda m: m["ccc_mean"])
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,11 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="default: $AFFACCEL_HOME/runs/<task>-ablation-<time>")
+    p.add_argument("--probe", action="store_true", help="VA: also probe the features with ridge regressions")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     job = JobSpec(task=a.task, data_root=a.data_root, preset=a.preset, synthetic=a.synthetic,
                   overrides={"epochs": a.epochs}, progress=not a.quiet)
-    run_ablation(job, a.seeds, a.out)
+    run_ablation(job, a.seeds, a.out, probe=a.probe)
     return 0
 
 
