@@ -144,3 +144,16 @@ def test_stage_timers_restore_the_predictor(tmp_path):
         pred.encode(torch.zeros(2, 3, pred.encoder.image_size, pred.encoder.image_size))
     assert "encode" not in vars(pred) and "_crop" not in vars(pred)
     assert tm.s["encoder"] > 0 and set(tm.s) == set(tp.STAGES)
+
+
+@pytest.mark.gpu
+def test_quick_gpu_run_reports_roofline(tmp_path):
+    """GPU path: NVDEC decode with given boxes, bf16 encoder, roofline against a bf16 matmul."""
+    tp = _load("throughput")
+    report = tp.run_benchmark(["--quick", "--device", "cuda", "--max-videos", "2",
+                               "--no-csv", "--json", str(tmp_path / "r.json")])
+    assert report["parity"]["ok"], report["parity"]
+    assert report["decode_device"].startswith("cuda")
+    rf = report["roofline"]
+    assert rf["bf16_matmul_peak_tflops"] > 0 and 0 < rf["fraction"] < 1.5
+    assert report["speedup"] == pytest.approx(report["optimized_fps"] / report["naive_fps"])
