@@ -106,7 +106,9 @@ def _records(n_frames: int):
     from affaccel.data.affwild2 import load_affwild2
     from affaccel.data.synthetic import ensure_synthetic
 
-    data = load_affwild2(ensure_synthetic("tiny"), tasks=("expr",))
+    # the tiny set has about 750 frames; larger runs (GPU) read the default set
+    data = load_affwild2(ensure_synthetic("tiny" if n_frames <= 700 else "default"),
+                         tasks=("expr",))
     out, left = [], n_frames
     for r in data.videos:
         take = min(left, r.n_frames)
