@@ -76,6 +76,8 @@ packages = find_packages(include=["affaccel", "affaccel.*"]) + ["affaccel.kernel
 setup(
     packages=packages,
     package_dir={"affaccel.kernels": "kernels"},
+    # non-Python files shipped inside the package (open_clip configs of affaccel's small models)
+    package_data={"affaccel.nn": ["model_configs/*.json"]},
     ext_modules=[CMakeExtension("affaccel._C", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

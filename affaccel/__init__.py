@@ -9,8 +9,36 @@ submodules that need them, and nothing queries the GPU. Public names are resolve
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
+
+
+def _join_installed_copy() -> None:
+    """Let a source checkout that shadows the installed package still find its built parts.
+
+    ``python -m affaccel.train`` run in the repository root after a regular ``pip install .``
+    imports this source tree (the working directory comes first on sys.path), which has neither
+    the compiled ``affaccel._C`` nor ``affaccel.kernels`` (kept in ``kernels/`` at the top
+    level). Appending the installed copy to ``__path__`` makes those two resolve there, while
+    every module present in both still comes from here.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.isdir(os.path.join(os.path.dirname(here), "kernels")):
+        return  # an installed copy, not a checkout
+    if os.path.isdir(os.path.join(here, "kernels")):
+        return
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        installed = str(distribution("affaccel").locate_file("affaccel"))
+    except (PackageNotFoundError, OSError):
+        return
+    if os.path.isdir(installed) and os.path.abspath(installed) != here:
+        __path__.append(installed)  # noqa: F821 (module attribute of a package)
+
+
+_join_installed_copy()
 
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {

@@ -97,3 +97,17 @@ def test_missing_extension_gives_rebuild_message():
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert "MSG" in proc.stdout and "Rebuild" in proc.stdout and "pip install" in proc.stdout
+
+
+def test_source_checkout_in_cwd_still_finds_built_parts():
+    """`python -m affaccel.train` run in the repository root imports the source tree, which
+    shadows the installed package; the extension and affaccel.kernels must still resolve."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import affaccel, affaccel.kernels, affaccel._ext as e, json; "
+            "print(json.dumps([affaccel.__file__, e.available()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=root, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "AFFACCEL_DISABLE_EXT"})
+    assert proc.returncode == 0, proc.stderr
+    _file, ext_ok = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ext_ok == _ext.available()

@@ -497,7 +497,7 @@ def test_kernels_compile_for_sm90_without_gpu():
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRITON_INTERPRET", "AFFACCEL_TRITON_INTERPRET")}
     r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=600, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert r.returncode == 0 and "compiled 3" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
 
 
