@@ -28,14 +28,13 @@ def _join_installed_copy() -> None:
         return  # an installed copy, not a checkout
     if os.path.isdir(os.path.join(here, "kernels")):
         return
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
+    import sys
 
-        installed = str(distribution("affaccel").locate_file("affaccel"))
-    except (PackageNotFoundError, OSError):
-        return
-    if os.path.isdir(installed) and os.path.abspath(installed) != here:
-        __path__.append(installed)  # noqa: F821 (module attribute of a package)
+    for entry in sys.path:
+        installed = os.path.join(os.path.abspath(entry or "."), "affaccel")
+        if installed != here and os.path.isdir(os.path.join(installed, "kernels")):
+            __path__.append(installed)  # noqa: F821 (module attribute of a package)
+            return
 
 
 _join_installed_copy()
