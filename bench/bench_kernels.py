@@ -31,9 +31,7 @@ import datetime as dt
 import importlib.util
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -41,6 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, git_commit  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -55,28 +56,6 @@ TARGETS = "CCC fwd+bwd >= 5x eager; TCN block fwd+bwd >= 1.5x eager and >= torch
 
 
 # --------------------------------------------------------------------------- metadata
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels", "affaccel/ops",
-                                "affaccel/nn", "bench"], cwd=ROOT, text=True,
-                               capture_output=True, timeout=10).stdout
-        return (out or "unknown") + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def triton_version() -> str:
     try:
         import triton
@@ -383,7 +362,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=50, help="CPU timing repeats")
     args = ap.parse_args(argv)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    meta = {"date": date, "commit": git_commit(), "torch": torch.__version__}
+    meta = {"date": date, "commit": git_commit("kernels", "affaccel/ops", "affaccel/nn", "bench"), "torch": torch.__version__}
 
     if not torch.cuda.is_available():
         print("No CUDA GPU found: the speed targets (" + TARGETS + ") need an H100/H200 GPU and "

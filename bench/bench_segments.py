@@ -20,9 +20,7 @@ import csv
 import datetime as dt
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, git_commit  # noqa: E402
 
 from affaccel import _ext, env, segments as S  # noqa: E402
 from affaccel.io_utils import atomic_write_text  # noqa: E402
@@ -64,28 +65,6 @@ def time_interleaved(cases: list[dict], repeats: int, warmup: int = 1) -> None:
     for c in cases:
         c["median"], c["min"] = statistics.median(wall[id(c)]), min(wall[id(c)])
         c["cpu"] = statistics.median(cpu[id(c)])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc",
-                                "affaccel/segments.py"], cwd=ROOT, text=True,
-                               capture_output=True, timeout=10).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def torch_assemble_batch(torch, feats, w: int, s: int):
@@ -229,7 +208,7 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------ CSV and table
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+            "commit": git_commit("csrc", "affaccel/segments.py"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
             "torch": torch.__version__, "numpy": np.__version__, "videos": args.videos,
             "frames": sum(lengths), "dim": args.dim, "dtype": "float16", "window": w,
             "stride": s, "k": args.k, "repeats": args.repeats}

@@ -17,9 +17,7 @@ import argparse
 import csv
 import datetime as dt
 import io
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, git_commit  # noqa: E402
 
 from affaccel.io_utils import atomic_write_text  # noqa: E402
 
@@ -47,27 +48,6 @@ def timeit(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "affaccel/video"],
-                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def make_clip(path: Path, n: int, w: int = 480, h: int = 360) -> None:
@@ -200,7 +180,7 @@ def main(argv=None) -> int:
 
     gpu = torch.cuda.get_device_name() if dev.startswith("cuda") else ""
     meta = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                commit=git_commit(), cpu=cpu_model(), gpu=gpu, cores=len(__import__("os").sched_getaffinity(0)),
+                commit=git_commit("affaccel/video"), cpu=cpu_model(), gpu=gpu, cores=len(__import__("os").sched_getaffinity(0)),
                 torch=torch.__version__, dali=nvidia.dali.__version__, av=av.__version__)
     print(f"\n{meta['cpu']} ({meta['cores']} cores) {gpu}  torch {meta['torch']}  "
           f"DALI {meta['dali']}  PyAV {meta['av']}  commit {meta['commit']}")

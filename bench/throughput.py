@@ -36,7 +36,6 @@ import os
 import platform
 import queue
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,8 @@ BENCH = Path(__file__).resolve().parent
 for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from _machine import cpu_model, git_commit  # noqa: E402
 
 STAGES = ("decode", "faces", "encoder", "temporal", "averaging")
 VIT_B16_GFLOP = 35.2          # DESIGN.md: ViT-B/16 at 224 px, forward, per frame
@@ -334,27 +335,6 @@ def naive_tracker_factory(pred):
 # environment
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "affaccel", "bench"],
-                               cwd=ROOT, text=True, capture_output=True, timeout=10).stdout
-        return (out or "unknown") + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def versions() -> dict:
     import av
     import torch
@@ -629,7 +609,7 @@ def run_benchmark(argv=None) -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": v,
-        "commit": git_commit(),
+        "commit": git_commit("affaccel", "bench"),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "naive_pipeline": json.loads(naive.describe()),
     }
