@@ -120,7 +120,7 @@ def _loader(paths, labels, batch_size, encoder, device, train, cfg, seed, shard_
 
     return FrameLoader(paths, labels=labels, batch_size=batch_size, image_size=encoder.image_size,
                        mean=encoder.mean, std=encoder.std, device=str(device),
-                       train=train and cfg.augment, seed=seed, shard_id=shard_id,
+                       train=train, augment=train and cfg.augment, seed=seed, shard_id=shard_id,
                        num_shards=num_shards, num_threads=cfg.num_threads, backend=cfg.backend)
 
 

@@ -219,6 +219,7 @@ class FrameLoader:
     train=False: this shard's images in order, each exactly once, last batch partial.
     train=True: a seeded permutation per epoch (epoch = number of previous iterations, or
     set_epoch), equal-size shards, augmentation (random resized crop, brightness/contrast, flip).
+    augment: None follows ``train``; False gives shuffled training batches without augmentation.
     backend: "dali", "reference" (PIL/NumPy) or "auto" (DALI when importable).
     """
 
@@ -226,7 +227,7 @@ class FrameLoader:
                  image_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD, device: str = "cpu",
                  train: bool = False, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                  dtype=None, num_threads: int = 2, backend: str = "auto",
-                 drop_last: bool = False):
+                 drop_last: bool = False, augment: bool | None = None):
         import torch
 
         self.paths = [os.fspath(p) for p in paths]
@@ -256,6 +257,7 @@ class FrameLoader:
         self.batch_size, self.image_size = int(batch_size), int(image_size)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.train, self.seed, self.drop_last = bool(train), int(seed), bool(drop_last)
+        self.augment = self.train if augment is None else bool(augment)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.dtype = _torch_dtype(dtype if dtype is not None else torch.float32)
         self.num_threads = int(num_threads)
@@ -299,7 +301,7 @@ class FrameLoader:
         # one stream per (seed, epoch, shard): reproducible, different across ranks
         rng = np.random.default_rng([self.seed, epoch, self.shard_id])
         for idx in batches:
-            if self.train:
+            if self.augment:
                 arr = np.stack([_normalise(_augment_ref(_load_rgb(self.paths[i]),
                                                         self.image_size, rng), self.mean, self.std)
                                 for i in idx])
@@ -323,7 +325,7 @@ class FrameLoader:
         # epoch left early leaves no prefetched batches behind for the next one.
         pipe = _dali_pipeline(
             source, batch_size=self.batch_size, image_size=self.image_size, mean=self.mean,
-            std=self.std, device=self.device, device_id=device_id, train=self.train,
+            std=self.std, device=self.device, device_id=device_id, train=self.augment,
             seed=(self.seed * 1_000_003 + epoch * 1_009 + self.shard_id) % (2 ** 31),
             num_threads=self.num_threads, fp16=self.dtype == torch.float16)
         delivered = 0

@@ -145,6 +145,18 @@ def test_augmentation_only_in_train_mode(jpegs, backend):
     torch.testing.assert_close(tr2["images"], tr["images"], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_shuffled_without_augmentation(jpegs, backend):
+    # Training batches must be shuffled even when augmentation is off: an in-order loader feeds
+    # one video's frames per batch, and fine-tuning then learns nothing.
+    kw = dict(batch_size=N, image_size=48, backend=backend)
+    ev = _all(FrameLoader(jpegs, **kw))[0]
+    tr = _all(FrameLoader(jpegs, train=True, augment=False, seed=0, **kw))[0]
+    assert tr["index"].tolist() != list(range(N))
+    assert sorted(tr["index"].tolist()) == list(range(N))
+    torch.testing.assert_close(tr["images"], ev["images"][tr["index"]], rtol=0, atol=0)
+
+
 def test_dtype_and_labels_int(jpegs):
     labels = np.arange(N, dtype=np.int64) % 8
     out = _all(FrameLoader(jpegs, labels, batch_size=10, image_size=32, dtype=torch.bfloat16))[0]
