@@ -3,9 +3,6 @@ through the interpreter) vs reference parity in eval and training, and a short t
 gives the same losses on both paths; the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,57 +10,29 @@ import torch
 from affaccel.nn.tcn import TCN, TemporalBlock
 from affaccel.ops import causal_conv as cc
 from tolerances import tol
-
-FRESH = "Triton is {} in this process; run in a fresh process by test_{}_tests_in_fresh_process"
-
+from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
 @pytest.fixture
 def interp(monkeypatch):
-    """Triton kernels on CPU tensors through the interpreter (the mode is process-wide)."""
-    if cc.triton_mode() == "compiled":
-        pytest.skip(FRESH.format("compiled", "interpreter"))
-    monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    assert cc._kernels().INTERPRETED
+    use_interpreter(monkeypatch, cc)
 
 
 @pytest.fixture
 def cuda_kernels(monkeypatch):
-    if cc.triton_mode() == "interpreted":
-        pytest.skip(FRESH.format("interpreted", "gpu"))
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert not cc._kernels().INTERPRETED
-
-
-def _run_in_fresh_process(marker_expr: str, interpret: bool):
-    env = dict(os.environ)
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
-        env.pop(name, None)
-    if interpret:
-        env["AFFACCEL_TRITON_INTERPRET"] = env["TRITON_INTERPRET"] = "1"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-m", marker_expr, "-k", "not fresh_process"],
-                       env=env, capture_output=True, text=True, timeout=600,
-                       cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
+    use_compiled_cuda(monkeypatch, cc)
 
 
 def test_interpreter_tests_in_fresh_process():
     if cc.triton_mode() != "compiled":
         pytest.skip("the interpreter tests ran in this process")
-    _run_in_fresh_process("not gpu", interpret=True)
+    run_in_fresh_process(__file__, "not gpu", interpret=True)
 
 
 @pytest.mark.gpu
 def test_gpu_tests_in_fresh_process():
     if cc.triton_mode() != "interpreted":
         pytest.skip("the CUDA tests ran in this process")
-    _run_in_fresh_process("gpu", interpret=False)
+    run_in_fresh_process(__file__, "gpu", interpret=False)
 
 
 def _pair(seed=0, **kw):

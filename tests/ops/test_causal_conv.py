@@ -3,9 +3,6 @@ F.conv1d reference: forward, every gradient, odd lengths, dilations, ragged chan
 non-contiguous inputs, NaN-prefilled outputs, determinism; and the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,49 +10,16 @@ import torch.nn.functional as F
 
 from affaccel.ops import causal_conv as cc
 from tolerances import tol
-
-FRESH = "Triton is {} in this process; run in a fresh process by test_{}_tests_in_fresh_process"
-
-
-def run_in_fresh_process(path: str, marker_expr: str, interpret: bool):
-    """Run the tests of `path` selected by marker_expr in a new Python process whose first
-    `import triton` happens in the wanted mode (the mode is process-wide: cc.triton_mode)."""
-    env = dict(os.environ)
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
-        env.pop(name, None)
-    if interpret:
-        env["AFFACCEL_TRITON_INTERPRET"] = "1"
-        env["TRITON_INTERPRET"] = "1"
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path,
-         "-m", marker_expr, "-k", "not fresh_process"],
-        env=env, capture_output=True, text=True, timeout=600,
-        cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
-
+from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
 @pytest.fixture
 def interp(monkeypatch):
-    """Triton kernels on CPU tensors through the interpreter."""
-    if cc.triton_mode() == "compiled":
-        pytest.skip(FRESH.format("compiled", "interpreter"))
-    monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    assert cc._kernels().INTERPRETED
+    use_interpreter(monkeypatch, cc)
 
 
 @pytest.fixture
 def cuda_kernels(monkeypatch):
-    """Compiled Triton kernels on CUDA, fp32 without TF32 for parity."""
-    if cc.triton_mode() == "interpreted":
-        pytest.skip(FRESH.format("interpreted", "gpu"))
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert not cc._kernels().INTERPRETED
+    use_compiled_cuda(monkeypatch, cc)
 
 
 def _inputs(B, T, C_in, C_out, k, residual, dtype=torch.float32, device="cpu", bias=True, seed=0):

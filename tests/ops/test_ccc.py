@@ -11,42 +11,16 @@ import numpy as np
 import pytest
 import torch
 from tolerances import tol
+from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
 import affaccel.ops.concordance as C
 
 
 # --------------------------------------------------------------------------- helpers
-FRESH = "run in a fresh process by test_{}_tests_in_fresh_process"
-
-
-def _run_in_fresh_process(marker_expr: str, interpret: bool):
-    """Run this file's tests selected by marker_expr in a new Python process whose first
-    `import triton` happens in the wanted mode (the mode is process-wide, see C.triton_mode)."""
-    env = dict(os.environ)
-    for name in ("AFFACCEL_TRITON_INTERPRET", "TRITON_INTERPRET", "AFFACCEL_FORCE_REFERENCE"):
-        env.pop(name, None)
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-m", marker_expr, "-k", "not fresh_process"],
-        env=env, capture_output=True, text=True, timeout=600,
-        # outside the repo root: a source checkout must not shadow the installed package
-        cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout
-
-
 @pytest.fixture
 def interp(monkeypatch):
     """Run the Triton kernels on CPU tensors through the interpreter (module re-imported)."""
-    if C.triton_mode() == "compiled":
-        pytest.skip("Triton is compiled in this process; " + FRESH.format("interpreter"))
-    monkeypatch.setenv("AFFACCEL_TRITON_INTERPRET", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    assert C._kernels().INTERPRETED
-    yield
+    use_interpreter(monkeypatch, C)
 
 
 @pytest.fixture
@@ -507,17 +481,12 @@ def test_interpreter_tests_in_fresh_process():
     tests above skipped; run them here in a process of their own."""
     if C.triton_mode() != "compiled":
         pytest.skip("the interpreter tests ran in this process")
-    _run_in_fresh_process("not gpu", interpret=True)
+    run_in_fresh_process(__file__, "not gpu", interpret=True)
 
 
 @pytest.fixture
 def compiled(monkeypatch):
-    if C.triton_mode() == "interpreted":
-        pytest.skip("Triton is interpreted in this process; " + FRESH.format("gpu"))
-    monkeypatch.delenv("AFFACCEL_TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("AFFACCEL_FORCE_REFERENCE", raising=False)
-    assert not C._kernels().INTERPRETED
+    use_compiled_cuda(monkeypatch, C)
 
 
 @pytest.mark.gpu
@@ -575,7 +544,7 @@ def test_gpu_tests_in_fresh_process():
     tests then skipped, and run here in a process of their own."""
     if C.triton_mode() != "interpreted":
         pytest.skip("the CUDA tests ran in this process")
-    _run_in_fresh_process("gpu", interpret=False)
+    run_in_fresh_process(__file__, "gpu", interpret=False)
 
 
 def test_public_ccc_is_the_function_even_after_module_import():
