@@ -28,13 +28,13 @@ def default_cache_root() -> Path:
 def load_encoder(checkpoint: str | None = None, model: str | None = None,
                  pretrained: str | None = None):
     """The encoder to extract with: an affaccel checkpoint, or an open_clip model (tag or random)."""
-    from affaccel.nn.clip import TINY_MODEL, ClipConfig, build_encoder, load_encoder_checkpoint
+    from affaccel.nn.clip import CPU_MODEL, ClipConfig, build_encoder, load_encoder_checkpoint
 
     if checkpoint:
         if model or pretrained:
             raise ValueError("--checkpoint already fixes the model; drop --model/--pretrained")
         return load_encoder_checkpoint(checkpoint)
-    return build_encoder(ClipConfig(model_name=model or TINY_MODEL, pretrained=pretrained)).eval()
+    return build_encoder(ClipConfig(model_name=model or CPU_MODEL, pretrained=pretrained)).eval()
 
 
 def run(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m affaccel.extract", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
     p.add_argument("--checkpoint", help="affaccel CLIP checkpoint (e.g. the fine-tuned best.pt)")
-    p.add_argument("--model", help="open_clip model name when no checkpoint (default: affaccel-vit-tiny)")
+    p.add_argument("--model", help="open_clip model name when no checkpoint (default: affaccel-rn-tiny, the CPU preset)")
     p.add_argument("--pretrained", help="open_clip pretrained tag (needs the model hub)")
     p.add_argument("--cache", help="feature cache root (default: AFFACCEL_HOME/features)")
     p.add_argument("--batch-size", type=int, default=256)

@@ -2,6 +2,7 @@
 
     python -m affaccel.finetune [--data-root DIR] [--model NAME] [--epochs N] [--out DIR]
                                 [--resume] [--max-steps N] [--preset auto|paper|cpu]
+                                [--aux-tasks va,au|none]
     torchrun --nproc_per_node N -m affaccel.finetune ...       # data parallel (gloo/nccl)
 
 New fully connected layer(s) on the image embedding predict the 8 expressions; every parameter is
@@ -11,6 +12,12 @@ with augmentation, bf16 autocast on GPU. Each epoch ends with the validation mac
 valid EXPR frames; ``best.pt`` (highest F1) and ``last.pt`` (with optimizer state, for
 ``--resume``) are written atomically to the output folder, with ``config.json`` and
 ``history.json``. The checkpoints carry their config and the encoder's identity.
+
+Multi-task option (ours, ``aux_tasks``; the CPU preset uses it): a second linear layer on the
+embedding also predicts valence/arousal (loss 1 - CCC, through the fused CCC kernel) and the 12
+action units (BCE), on the frames that carry those labels; the losses are summed, and the best
+checkpoint is the one with the highest mean of the validation scores (EXPR macro F1, VA mean
+CCC, AU macro F1). The feature extractor downstream uses the encoder only.
 """
 from __future__ import annotations
 
@@ -27,10 +34,16 @@ import numpy as np
 
 from affaccel.config import PAPER_FINETUNE_BATCH, PAPER_FINETUNE_LR, register_config, to_dict
 from affaccel.io_utils import atomic_write_json
-from affaccel.nn.clip import TINY_MODEL, ClipConfig
+from affaccel.nn.clip import CPU_MODEL, ClipConfig
 
 log = logging.getLogger(__name__)
 EXPR_CLASSES = 8
+AUX_TASKS = ("va", "au")          # auxiliary fine-tuning targets, in head-output order
+AUX_OUTPUTS = {"va": 2, "au": 12}
+# Columns of the label matrix of fine-tuning frames: EXPR class (-1 = none), valence, arousal
+# (NaN = none), 12 AUs (-1 = none).
+_EXPR_COL, _VA_COLS, _AU_COLS = 0, slice(1, 3), slice(3, 15)
+LABEL_COLUMNS = 15
 
 
 @register_config
@@ -48,7 +61,9 @@ class FinetuneConfig:
     class_weights: bool = False            # inverse-frequency class weights in the cross-entropy
     label_smoothing: float = 0.0           # ours
     grad_clip: float = 1.0                 # ours: max gradient norm (0 = off)
+    schedule: str = "constant"             # ours: "constant" lr, or "cosine" decay to 0 over the run
     augment: bool = True                   # DALI training augmentation (the loader's train mode)
+    aux_tasks: tuple = ()                  # ours: also train heads for "va" (1 - CCC) and "au" (BCE)
     seed: int = 0                          # shuffling / augmentation seed
     num_threads: int = 2                   # DALI CPU threads per process
     backend: str = "auto"                  # frame loader backend (see affaccel.video.frames)
@@ -60,11 +75,14 @@ def paper_preset() -> FinetuneConfig:
 
 
 def cpu_preset() -> FinetuneConfig:
-    """Small CPU run (about 2-3 minutes on 2 cores on the built-in synthetic set): the tiny
-    encoder from random init, every 4th frame, 3 epochs. lr is higher than the paper's because
-    the tiny model starts from random weights, not from CLIP's (ours)."""
-    return FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=5e-4, batch_size=64,
-                          epochs=3, frame_stride=4, val_frame_stride=2, weight_decay=0.05)
+    """Small CPU run (about 3 minutes on 2 cores on the built-in synthetic set), all ours: the
+    small CLIP ResNet (``affaccel-rn-tiny``, 64 px) from random init, every 2nd frame, 6 epochs,
+    with auxiliary valence/arousal and action-unit heads. lr is higher than the paper's because
+    the model starts from random weights, not from CLIP's. docs/clip_stage.md shows why: the tiny
+    ViT does not beat chance here, and EXPR-only supervision leaves valence weak."""
+    return FinetuneConfig(clip=ClipConfig(model_name=CPU_MODEL), lr=2e-3, batch_size=128,
+                          epochs=6, frame_stride=2, val_frame_stride=2, weight_decay=0.05,
+                          aux_tasks=("va", "au"), schedule="cosine")
 
 
 PRESETS = {"paper": paper_preset, "cpu": cpu_preset}
@@ -99,6 +117,89 @@ def expr_frames(records: Sequence[Any], stride: int = 1, present_only: bool = Tr
     return paths, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
 
 
+def _check_aux(aux_tasks) -> tuple:
+    aux = tuple(aux_tasks)
+    bad = [t for t in aux if t not in AUX_TASKS]
+    if bad or len(set(aux)) != len(aux):
+        raise ValueError(f"aux_tasks must be distinct names among {AUX_TASKS}, got {list(aux)}")
+    return tuple(t for t in AUX_TASKS if t in aux)   # canonical order = head-output order
+
+
+def finetune_frames(records: Sequence[Any], stride: int = 1, aux_tasks: Sequence[str] = (),
+                    present_only: bool = True) -> tuple[list[str], np.ndarray]:
+    """(frame paths, label matrix [N, 15] float32) of the frames that carry a valid EXPR label or
+    a valid label of one of ``aux_tasks``, every ``stride``-th per video. Columns: EXPR class
+    (-1 = not labelled), valence, arousal (NaN), 12 AUs (-1). With no aux tasks the frames are
+    exactly those of :func:`expr_frames`.
+    """
+    if stride < 1:
+        raise ValueError(f"frame stride must be >= 1, got {stride}")
+    aux = _check_aux(aux_tasks)
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    for r in records:
+        n = r.n_frames
+        lab = np.full((n, LABEL_COLUMNS), -1.0, np.float32)
+        lab[:, _VA_COLS] = np.nan
+        ok = np.zeros(n, bool)
+        for task in ("expr", *aux):
+            if task not in r.labels:
+                continue
+            m = np.asarray(r.label_mask[task], dtype=bool)
+            y = np.asarray(r.labels[task])
+            if task == "expr":
+                if m.any() and (y[m].min() < 0 or y[m].max() >= EXPR_CLASSES):
+                    raise ValueError(f"video {r.video_id}: EXPR labels outside 0..{EXPR_CLASSES - 1}"
+                                     " on frames the mask marks valid")
+                lab[m, _EXPR_COL] = y[m]
+            else:
+                lab[m, _VA_COLS if task == "va" else _AU_COLS] = y[m]
+            ok |= m
+        if present_only:
+            ok &= np.asarray(r.frame_present, dtype=bool)
+        idx = np.flatnonzero(ok)[::stride]
+        paths.extend(str(r.frame_paths[i]) for i in idx)
+        blocks.append(lab[idx])
+    return paths, (np.concatenate(blocks) if blocks else np.zeros((0, LABEL_COLUMNS), np.float32))
+
+
+def multitask_loss(out, labels, aux_tasks: Sequence[str] = (), weight=None,
+                   label_smoothing: float = 0.0):
+    """(total loss, {task: loss}) of fine-tuning outputs [B, 8 + aux] against a label matrix
+    [B, 15]: cross-entropy on labelled EXPR frames, 1 - CCC of tanh(VA outputs) on labelled VA
+    frames (fused CCC loss), BCE-with-logits on labelled AU frames; the total is their sum.
+    A task with no labelled frame in the batch adds nothing."""
+    import torch
+    import torch.nn.functional as F
+
+    from affaccel.ops import ccc_loss
+
+    out = out.float()
+    terms = {}
+    expr = labels[:, _EXPR_COL].long()
+    ok = expr >= 0
+    if bool(ok.any()):
+        terms["expr"] = F.cross_entropy(out[ok, :EXPR_CLASSES], expr[ok], weight=weight,
+                                        label_smoothing=label_smoothing)
+    col = EXPR_CLASSES
+    for task in _check_aux(aux_tasks):
+        k = AUX_OUTPUTS[task]
+        pred = out[:, col:col + k]
+        col += k
+        if task == "va":
+            target = labels[:, _VA_COLS]
+            m = ~torch.isnan(target[:, 0])
+            if int(m.sum()) >= 2:
+                terms["va"] = ccc_loss(torch.tanh(pred), torch.nan_to_num(target), m)
+        else:
+            target = labels[:, _AU_COLS]
+            m = target[:, 0] >= 0
+            if bool(m.any()):
+                terms["au"] = F.binary_cross_entropy_with_logits(pred[m], target[m])
+    total = sum(terms.values()) if terms else out.sum() * 0.0
+    return total, terms
+
+
 def class_weights(labels: np.ndarray, n_classes: int = EXPR_CLASSES) -> np.ndarray:
     """Inverse-frequency weights [C], mean 1 over present classes; absent classes get 1."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -126,39 +227,76 @@ def _loader(paths, labels, batch_size, encoder, device, train, cfg, seed, shard_
 
 def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, device,
              batch_size: int) -> dict:
-    """Validation on the given frames: {"macro_f1", "accuracy", "loss", "n"}; model in eval mode."""
+    """Validation on the given frames; model in eval mode. ``labels``: EXPR ids [N] or the label
+    matrix [N, 15] of :func:`finetune_frames`. Returns {"macro_f1", "accuracy", "loss", "n"} over
+    the labelled EXPR frames, plus "va_ccc_mean" / "au_f1_macro" for ``cfg.aux_tasks``, and
+    "score": the mean of the trained tasks' scores (= macro F1 without aux tasks), which picks
+    the best checkpoint."""
     import torch
 
+    from affaccel.metrics import au_metrics, va_metrics
     from affaccel.nn.clip import autocast
 
+    aux = _check_aux(cfg.aux_tasks)
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        mat = np.full((len(labels), LABEL_COLUMNS), -1.0, np.float32)
+        mat[:, _VA_COLS] = np.nan
+        mat[:, _EXPR_COL] = labels
+        labels = mat
+    nan = float("nan")
     if len(paths) == 0:
-        return {"macro_f1": float("nan"), "accuracy": float("nan"), "loss": float("nan"), "n": 0}
+        return {"macro_f1": nan, "accuracy": nan, "loss": nan, "n": 0, "score": nan}
     enc = model.encoder
-    preds = np.full(len(paths), -1, dtype=np.int64)
-    loss_sum = 0.0
+    width = EXPR_CLASSES + sum(AUX_OUTPUTS[t] for t in aux)
+    outs = np.full((len(paths), width), np.nan, dtype=np.float32)
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(device, enc.config.precision):
         for batch in _loader(paths, labels, batch_size, enc, device, False, cfg, cfg.seed):
-            logits = model(batch["images"].to(device)).float()
-            y = batch["labels"].to(device).long()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            preds[batch["index"].cpu().numpy()] = logits.argmax(1).cpu().numpy()
+            out = model(batch["images"].to(device)).float()
+            outs[batch["index"].cpu().numpy()] = out[:, :width].cpu().numpy()
     model.train(was_training)
-    if (preds < 0).any():
-        raise RuntimeError(f"validation loader skipped {(preds < 0).sum()} of {len(paths)} frames")
-    return {"macro_f1": macro_f1(labels, preds), "accuracy": float((preds == labels).mean()),
-            "loss": loss_sum / len(paths), "n": len(paths)}
+    if np.isnan(outs).any():
+        raise RuntimeError(f"validation loader skipped {np.isnan(outs).any(1).sum()} of "
+                           f"{len(paths)} frames")
+    expr = labels[:, _EXPR_COL].astype(np.int64)
+    ok = expr >= 0
+    res = {"macro_f1": nan, "accuracy": nan, "loss": nan, "n": int(ok.sum())}
+    if ok.any():
+        logits = torch.from_numpy(outs[ok, :EXPR_CLASSES])
+        pred = logits.argmax(1).numpy()
+        res.update(macro_f1=macro_f1(expr[ok], pred), accuracy=float((pred == expr[ok]).mean()),
+                   loss=float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(expr[ok]))))
+    scores = [res["macro_f1"]]
+    col = EXPR_CLASSES
+    for task in aux:
+        k = AUX_OUTPUTS[task]
+        pred = outs[:, col:col + k]
+        col += k
+        if task == "va":
+            m = ~np.isnan(labels[:, 1])
+            res["va_ccc_mean"] = (va_metrics(np.tanh(pred[m]), labels[m, _VA_COLS])["ccc_mean"]
+                                  if m.sum() >= 2 else nan)
+            scores.append(res["va_ccc_mean"])
+        else:
+            m = labels[:, 3] >= 0
+            res["au_f1_macro"] = (au_metrics(1 / (1 + np.exp(-pred[m])), labels[m, _AU_COLS])["f1_macro"]
+                                  if m.any() else nan)
+            scores.append(res["au_f1_macro"])
+    res["score"] = float(np.nanmean(scores)) if not np.isnan(scores).all() else nan
+    return res
 
 
 # -- data --------------------------------------------------------------------------------------
 
-def _records(data) -> list:
+def _records(data, aux_tasks: Sequence[str] = ()) -> list:
     """Records from a dataset root (Aff-Wild2 layout), a loaded dataset, or a record list."""
     if isinstance(data, (str, Path)):
         from affaccel.data.affwild2 import load_affwild2
 
-        return list(load_affwild2(data, tasks=("expr",), splits=("train", "val")).videos)
+        tasks = ("expr", *_check_aux(aux_tasks))
+        return list(load_affwild2(data, tasks=tasks, splits=("train", "val")).videos)
     if hasattr(data, "videos"):
         return list(data.videos)
     return list(data)
@@ -171,6 +309,17 @@ def _default_data_root() -> Path:
 
 
 # -- training ----------------------------------------------------------------------------------
+
+def lr_at(cfg: FinetuneConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps``: a function of the
+    step alone, so a resumed run continues the same schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        frac = min(step, total_steps) / max(1, total_steps)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {cfg.schedule!r}")
+
 
 def _batch_plan(cfg: FinetuneConfig, world: int) -> tuple[int, int]:
     """(micro batch per rank, accumulation steps) giving cfg.batch_size frames per step."""
@@ -188,8 +337,11 @@ def _save(path: Path, model, cfg: FinetuneConfig, state: dict, optimizer=None) -
     from affaccel.nn.clip import save_checkpoint
 
     extra = {"finetune_config": to_dict(cfg), "epoch": state["epoch"], "step": state["step"],
-             "epoch_complete": state["epoch_complete"], "best_f1": state["best_f1"],
-             "val_macro_f1": state["val_f1"], "history": state["history"]}
+             "epoch_complete": state["epoch_complete"], "best_score": state["best_score"],
+             "val_macro_f1": state["val_f1"], "val_score": state["val_score"],
+             "history": state["history"], "aux_tasks": list(_check_aux(cfg.aux_tasks))}
+    if model.aux is not None:
+        extra["aux_head_state"] = model.aux
     if optimizer is not None:
         extra["optimizer_state"] = optimizer.state_dict()
     save_checkpoint(path, model.encoder, model.head, **extra)
@@ -225,40 +377,47 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
         if data is None:
             with dist.main_process_first():
                 data = _default_data_root()
-        records = _records(data)
-        train_paths, train_y = expr_frames([r for r in records if r.split == "train"],
-                                           cfg.frame_stride)
-        val_paths, val_y = expr_frames([r for r in records if r.split == "val"],
-                                       cfg.val_frame_stride, present_only=False)
+        aux = _check_aux(cfg.aux_tasks)
+        records = _records(data, aux)
+        train_paths, train_y = finetune_frames([r for r in records if r.split == "train"],
+                                               cfg.frame_stride, aux)
+        val_paths, val_y = finetune_frames([r for r in records if r.split == "val"],
+                                           cfg.val_frame_stride, aux, present_only=False)
         if len(train_paths) == 0:
-            raise ValueError("no training frames with a valid EXPR label (split 'train')")
+            raise ValueError("no training frames with a valid EXPR label (split 'train')"
+                             + (f" or {'/'.join(aux)} label" if aux else ""))
         micro, accum = _batch_plan(cfg, info.world_size)
 
         torch.manual_seed(cfg.seed)
         last_path, best_path = out / "last.pt", out / "best.pt"
-        state = {"epoch": 0, "step": 0, "epoch_complete": True, "best_f1": -1.0, "val_f1": None,
-                 "history": []}
+        state = {"epoch": 0, "step": 0, "epoch_complete": True, "best_score": -math.inf,
+                 "val_f1": None, "val_score": None, "history": []}
         opt_state = None
         if resume and last_path.exists():
             model, ck = load_finetune_checkpoint(last_path)
             if ck["config"]["model_name"] != cfg.clip.model_name:
                 raise ValueError(f"--resume: {last_path} holds {ck['config']['model_name']}, "
                                  f"the config asks for {cfg.clip.model_name}")
-            for k in ("epoch", "step", "epoch_complete", "best_f1", "history"):
+            if tuple(ck.get("aux_tasks", ())) != aux:
+                raise ValueError(f"--resume: {last_path} was trained with aux tasks "
+                                 f"{list(ck.get('aux_tasks', ()))}, the config asks for {list(aux)}")
+            for k in ("epoch", "step", "epoch_complete", "best_score", "history"):
                 state[k] = ck[k]
             opt_state = ck.get("optimizer_state")
             if info.is_main:
                 log.info("resuming from %s (epoch %d, step %d)", last_path, state["epoch"],
                          state["step"])
         else:
-            model = FinetuneModel(build_encoder(cfg.clip))
+            model = FinetuneModel(build_encoder(cfg.clip),
+                                  aux_outputs=sum(AUX_OUTPUTS[t] for t in aux))
         model.to(dev).train()
         ddp = dist.wrap_ddp(model, str(dev))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
-        weight = (torch.as_tensor(class_weights(train_y), device=dev) if cfg.class_weights
-                  else None)
+        expr_y = train_y[:, _EXPR_COL].astype(np.int64)
+        weight = (torch.as_tensor(class_weights(expr_y[expr_y >= 0]), device=dev)
+                  if cfg.class_weights else None)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / "config.json", {"finetune": to_dict(cfg), "device": str(dev),
@@ -269,6 +428,8 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
         # Every rank runs the same number of micro-batches, so DDP's collectives line up.
         per_rank = len(train_paths) // info.world_size
         micro_per_epoch = max(1, per_rank // micro)
+        state["total_steps"] = cfg.max_steps or cfg.epochs * math.ceil(micro_per_epoch / accum)
+        lr_at(cfg, 0, 1)  # validates the schedule name before any work
         first = state["epoch"] + (1 if state["epoch_complete"] and state["step"] > 0 else 0)
         for epoch in range(first, cfg.epochs):
             if cfg.max_steps and state["step"] >= cfg.max_steps:
@@ -280,20 +441,24 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
             state["epoch_complete"] = not (cfg.max_steps and state["step"] >= cfg.max_steps)
             if info.is_main:
                 val = evaluate(model, val_paths, val_y, cfg, dev, micro * 2)
-                state["val_f1"] = val["macro_f1"]
+                state["val_f1"], state["val_score"] = val["macro_f1"], val["score"]
                 row = {"epoch": epoch, "step": state["step"], "train_loss": train_loss,
                        "val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"],
                        "val_loss": val["loss"], "val_frames": val["n"],
-                       "seconds": round(time.time() - t0, 2)}
+                       **{f"val_{k}": val[k] for k in ("va_ccc_mean", "au_f1_macro") if k in val},
+                       "val_score": val["score"], "seconds": round(time.time() - t0, 2)}
                 state["history"].append(row)
                 log.info("epoch %d: %s", epoch, json.dumps(row))
                 if progress:
+                    extra = "".join(f"  {name} {val[k]:.4f}" for k, name in
+                                    (("va_ccc_mean", "val VA CCC"), ("au_f1_macro", "val AU F1"))
+                                    if k in val)
                     print(f"epoch {epoch}: train loss {train_loss:.4f}  "
-                          f"val macro F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}",
+                          f"val macro F1 {val['macro_f1']:.4f}  acc {val['accuracy']:.4f}{extra}",
                           flush=True)
-                improved = not math.isnan(val["macro_f1"]) and val["macro_f1"] > state["best_f1"]
+                improved = not math.isnan(val["score"]) and val["score"] > state["best_score"]
                 if improved or not best_path.exists():
-                    state["best_f1"] = max(state["best_f1"], val["macro_f1"])
+                    state["best_score"] = max(state["best_score"], val["score"])
                     _save(best_path, model, cfg, state)
                 _save(last_path, model, cfg, state, opt)
                 atomic_write_json(out / "history.json", state["history"])
@@ -331,12 +496,13 @@ def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, 
         with sync:
             with autocast(dev, model.encoder.config.precision):
                 logits = ddp(batch["images"].to(dev, non_blocking=True))
-            y = batch["labels"].to(dev).long()
-            loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=weight,
-                                                     label_smoothing=cfg.label_smoothing)
+            loss, _ = multitask_loss(logits, batch["labels"].to(dev), cfg.aux_tasks, weight,
+                                     cfg.label_smoothing)
             (loss / group_len).backward()
         losses.append(float(loss.detach()))
         if group_end:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, state["step"], state["total_steps"])
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -359,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
     p.add_argument("--preset", choices=["auto", "paper", "cpu"], default="auto",
                    help="auto: paper on a GPU, cpu otherwise")
-    p.add_argument("--model", help="open_clip model name (paper: ViT-B-16; CPU: affaccel-vit-tiny)")
+    p.add_argument("--model", help="open_clip model name (paper: ViT-B-16; CPU: affaccel-rn-tiny)")
     p.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (needs the model hub)")
     p.add_argument("--checkpoint", help="start from this local weights file")
     p.add_argument("--epochs", type=int)
@@ -368,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--frame-stride", type=int, help="train on every k-th frame of each video")
     p.add_argument("--class-weights", action="store_true", help="inverse-frequency class weights")
+    p.add_argument("--aux-tasks", help="comma list of auxiliary heads: va, au; 'none' for EXPR only "
+                   "(paper preset: none; CPU preset: va,au)")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     p.add_argument("--out", default=None, help="output folder (default: AFFACCEL_HOME/runs/finetune)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -393,6 +561,9 @@ def config_from_args(args, cuda: bool) -> FinetuneConfig:
             over[name] = value
     if args.class_weights:
         over["class_weights"] = True
+    if args.aux_tasks is not None:
+        names = [] if args.aux_tasks.strip() in ("", "none") else args.aux_tasks.split(",")
+        over["aux_tasks"] = _check_aux([n.strip() for n in names])
     return replace(cfg, **over)
 
 

@@ -1,6 +1,6 @@
 """CLIP stage throughput: frames/s of feature extraction, encoder alone and end to end.
 
-    python bench/bench_clip.py [--models affaccel-vit-tiny,ViT-B-16] [--frames 64] [--repeats 3]
+    python bench/bench_clip.py [--models affaccel-rn-tiny,affaccel-vit-tiny,ViT-B-16] [--frames 64] [--repeats 3]
                                [--device cpu|cuda] [--batch 64]
 
 Rows, per model, measured side by side in one run (median of --repeats after one warm-up):
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="affaccel-vit-tiny,ViT-B-16")
+    p.add_argument("--models", default="affaccel-rn-tiny,affaccel-vit-tiny,ViT-B-16")
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)

@@ -394,7 +394,7 @@ def parse_args(argv):
                    "1 repeat")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--model", default=None, help="open_clip model for the built bundle "
-                   "(default: ViT-B-16 on GPU, affaccel-vit-tiny on CPU)")
+                   "(default: ViT-B-16 on GPU, affaccel-rn-tiny on CPU)")
     p.add_argument("--temporal-preset", default=None, help="temporal model preset of the built "
                    "bundle (affaccel.train PRESETS; default: paper on GPU, cpu on CPU)")
     p.add_argument("--bundle", default=None, help="bundle file (default: build a random-init one)")
@@ -443,7 +443,7 @@ def run_benchmark(argv=None) -> dict:
     a = parse_args(argv)
     device = resolve_device(a.device)
     on_gpu = device.type == "cuda"
-    model = a.model or ("ViT-B-16" if on_gpu else "affaccel-vit-tiny")
+    model = a.model or ("ViT-B-16" if on_gpu else "affaccel-rn-tiny")
     tpreset = a.temporal_preset or ("paper" if on_gpu else "cpu")
     if a.videos:
         jobs = user_jobs(a.videos, a.boxes)

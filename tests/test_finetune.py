@@ -18,7 +18,7 @@ from affaccel.finetune import (  # noqa: E402
     expr_frames, finetune, macro_f1,
 )
 from affaccel.nn.clip import (  # noqa: E402
-    TINY_MODEL, ClipConfig, load_encoder_checkpoint, load_finetune_checkpoint,
+    CPU_MODEL, TINY_MODEL, ClipConfig, load_encoder_checkpoint, load_finetune_checkpoint,
 )
 
 CFG = FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=1e-3, batch_size=32, epochs=2,
@@ -111,7 +111,7 @@ def test_no_training_frames_is_an_error(tmp_path, records):
 def test_cli_presets():
     args = build_parser().parse_args(["--epochs", "7", "--max-steps", "3", "--class-weights"])
     cfg = config_from_args(args, cuda=False)
-    assert cfg.clip.model_name == TINY_MODEL and cfg.epochs == 7 and cfg.max_steps == 3
+    assert cfg.clip.model_name == CPU_MODEL and cfg.epochs == 7 and cfg.max_steps == 3
     assert cfg.class_weights
     paper = config_from_args(build_parser().parse_args([]), cuda=True)
     assert paper.clip.model_name == "ViT-B-16" and paper.lr == 1e-4 and paper.batch_size == 256
@@ -149,3 +149,19 @@ def test_ddp_two_processes_gloo(tmp_path, records):
     assert last["step"] == (n_train // 2) // 16  # each step saw 16 frames on each of 2 ranks
     assert np.isfinite(last["history"][0]["train_loss"])
     load_encoder_checkpoint(tmp_path / "best.pt")
+
+
+def test_lr_schedule_is_a_function_of_the_step():
+    from affaccel.finetune import lr_at
+
+    const = FinetuneConfig(lr=0.1)
+    assert [lr_at(const, s, 10) for s in (0, 5, 10)] == [0.1, 0.1, 0.1]
+    cos = FinetuneConfig(lr=0.1, schedule="cosine")
+    assert lr_at(cos, 0, 10) == pytest.approx(0.1)
+    assert lr_at(cos, 5, 10) == pytest.approx(0.05)
+    assert lr_at(cos, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(cos, 12, 10) == pytest.approx(0.0, abs=1e-12)   # past the end: stays at 0
+    lrs = [lr_at(cos, s, 10) for s in range(11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(FinetuneConfig(schedule="step"), 0, 10)

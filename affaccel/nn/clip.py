@@ -32,7 +32,12 @@ from affaccel.config import PAPER_BACKBONE, from_dict, register_config, to_dict
 from affaccel.io_utils import atomic_torch_save
 
 CHECKPOINT_FORMAT = "affaccel-clip/1"
-TINY_MODEL = "affaccel-vit-tiny"           # small registered config for CPU runs and tests
+TINY_MODEL = "affaccel-vit-tiny"           # small registered ViT config (112 px) for tests
+# The CPU preset's encoder: open_clip's CLIP ResNet ("ModifiedResNet", the RN50 family) cut to
+# one block per stage, 16 base channels, 64 px. On the synthetic set it learns what the tiny ViT
+# from random init does not (docs/clip_stage.md has the comparison); about 1.4 M parameters.
+CPU_MODEL = "affaccel-rn-tiny"
+_REGISTERED = (TINY_MODEL, CPU_MODEL)
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Bumped whenever the meaning of a feature changes without the weights changing (for example the
 # encoder's forward), so feature caches written by older code are not reused.
@@ -54,10 +59,11 @@ class ClipConfig:
 
 
 def register_model_configs() -> None:
-    """Make affaccel's open_clip configs (``affaccel-vit-tiny``) known to open_clip (idempotent)."""
+    """Make affaccel's open_clip configs (``affaccel-vit-tiny``, ``affaccel-rn-tiny``) known to
+    open_clip (idempotent)."""
     import open_clip
 
-    if TINY_MODEL not in open_clip.list_models():
+    if not set(_REGISTERED) <= set(open_clip.list_models()):
         open_clip.add_model_config(_MODEL_CONFIG_DIR)
 
 
@@ -165,19 +171,28 @@ class ExpressionHead(nn.Module):
 
 
 class FinetuneModel(nn.Module):
-    """Encoder + expression head: images [B, 3, S, S] -> logits [B, 8]; all parameters train."""
+    """Encoder + expression head: images [B, 3, S, S] -> logits [B, 8]; all parameters train.
 
-    def __init__(self, encoder: ClipEncoder, head: ExpressionHead | None = None):
+    ``aux_outputs`` > 0 adds one linear layer for auxiliary targets (multi-task fine-tuning,
+    ours: valence/arousal and action units); ``forward`` then returns [B, 8 + aux_outputs], the
+    expression logits first. The aux layer is saved as ``aux_head_state``.
+    """
+
+    def __init__(self, encoder: ClipEncoder, head: ExpressionHead | None = None,
+                 aux_outputs: int = 0):
         super().__init__()
         cfg = encoder.config
         self.encoder = encoder
         self.head = head if head is not None else ExpressionHead(
             encoder.feature_dim, cfg.num_classes, cfg.head_hidden, cfg.head_dropout)
+        self.aux = nn.Linear(encoder.feature_dim, aux_outputs) if aux_outputs > 0 else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(images)
-        # The head runs in fp32 weights; under autocast its matmul still takes bf16.
-        return self.head(feats)
+        # The heads run in fp32 weights; under autocast their matmuls still take bf16.
+        if self.aux is None:
+            return self.head(feats)
+        return torch.cat([self.head(feats), self.aux(feats)], dim=1)
 
 
 def _open_clip_visual(cfg: ClipConfig, pretrained: str | None):
@@ -187,7 +202,7 @@ def _open_clip_visual(cfg: ClipConfig, pretrained: str | None):
     register_model_configs()
     if cfg.model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {cfg.model_name!r}; expected one of "
-                         f"{TINY_MODEL!r} or an open_clip name such as 'ViT-B-16'")
+                         f"{TINY_MODEL!r}, {CPU_MODEL!r} or an open_clip name such as 'ViT-B-16'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         try:
@@ -308,8 +323,13 @@ def load_finetune_checkpoint(path: str | Path) -> tuple[FinetuneModel, dict]:
     enc = _encoder_from_checkpoint(obj, path)
     if "head_state" not in obj:
         raise ValueError(f"{path} has no 'head_state': it holds an encoder only, not a fine-tuned model")
-    model = FinetuneModel(enc)
+    aux = obj.get("aux_head_state")
+    if aux is not None and (not isinstance(aux, dict) or "weight" not in aux):
+        raise ValueError(f"{path}: 'aux_head_state' must be the state dict of a Linear layer")
+    model = FinetuneModel(enc, aux_outputs=0 if aux is None else int(aux["weight"].shape[0]))
     _load_state(model.head, obj["head_state"], path, "head_state")
+    if aux is not None:
+        _load_state(model.aux, aux, path, "aux_head_state")
     return model.eval(), obj
 
 
@@ -330,6 +350,8 @@ def checkpoint_dict(encoder: ClipEncoder, head: nn.Module | None = None, **extra
     }
     if head is not None:
         obj["head_state"] = cpu_state(head)
+    if isinstance(extra.get("aux_head_state"), nn.Module):
+        extra["aux_head_state"] = cpu_state(extra["aux_head_state"])
     obj.update(extra)
     return obj
 
@@ -343,7 +365,7 @@ def save_checkpoint(path: str | Path, encoder: ClipEncoder, head: nn.Module | No
 
 
 __all__ = [
-    "ClipConfig", "ClipEncoder", "ExpressionHead", "FinetuneModel", "TINY_MODEL",
+    "ClipConfig", "ClipEncoder", "ExpressionHead", "FinetuneModel", "TINY_MODEL", "CPU_MODEL",
     "build_encoder", "load_encoder_checkpoint", "load_finetune_checkpoint", "save_checkpoint",
     "checkpoint_dict", "register_model_configs", "autocast", "resolve_precision",
 ]

@@ -30,6 +30,13 @@ AUG_ASPECT = (3 / 4, 4 / 3)        # aspect-ratio range of the random crop
 AUG_BRIGHTNESS = (0.8, 1.2)        # brightness multiplier range
 AUG_CONTRAST = (0.8, 1.2)          # contrast multiplier range (about mid-grey, 128)
 AUG_FLIP_P = 0.5                   # horizontal flip probability
+# Colour jitter, applied to the decoded batch by both backends (``colour_jitter``). Without it a
+# small encoder from random init learns skin tone and lighting (identities) instead of the face's
+# shape: docs/clip_stage.md has the side-by-side numbers.
+AUG_CHANNEL_GAIN = (0.85, 1.15)    # independent gain per RGB channel (colour cast)
+AUG_SHIFT = (-0.1, 0.1)            # additive shift on the 0..1 scale, shared by the channels
+AUG_GRAY_P = 0.3                   # probability of turning a frame grey (ITU-R 601 luma)
+_LUMA = (0.299, 0.587, 0.114)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +113,30 @@ def _augment_ref(im, image_size, rng: np.random.Generator):
     if rng.uniform() < AUG_FLIP_P:
         x = x[:, ::-1]
     return x
+
+
+def colour_jitter(images, mean, std, generator):
+    """Per-image colour cast, brightness shift and random greyscale on a normalised batch.
+
+    images: [B, 3, S, S] normalised with ``mean``/``std`` (0..1 scale), any float dtype and
+    device; the random draws come from the CPU ``generator`` (so they do not depend on the
+    device). Works in the 0..1 pixel space and clamps there, then normalises again.
+    """
+    import torch
+
+    b = images.shape[0]
+    gain = torch.empty(b, 3, 1, 1).uniform_(*AUG_CHANNEL_GAIN, generator=generator)
+    shift = torch.empty(b, 1, 1, 1).uniform_(*AUG_SHIFT, generator=generator)
+    gray = (torch.rand(b, 1, 1, 1, generator=generator) < AUG_GRAY_P).float()
+    dev = images.device
+    m = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
+    sd = torch.tensor(std, device=dev).view(1, 3, 1, 1)
+    x = images.float() * sd + m
+    x = x * gain.to(dev) + shift.to(dev)
+    luma = (x * torch.tensor(_LUMA, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    g = gray.to(dev)
+    x = (g * luma + (1 - g) * x).clamp_(0.0, 1.0)
+    return ((x - m) / sd).to(images.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +249,8 @@ class FrameLoader:
 
     train=False: this shard's images in order, each exactly once, last batch partial.
     train=True: a seeded permutation per epoch (epoch = number of previous iterations, or
-    set_epoch), equal-size shards, augmentation (random resized crop, brightness/contrast, flip).
+    set_epoch), equal-size shards, augmentation (random resized crop, brightness/contrast, flip;
+    then ``colour_jitter``).
     augment: None follows ``train``; False gives shuffled training batches without augmentation.
     backend: "dali", "reference" (PIL/NumPy) or "auto" (DALI when importable).
     """
@@ -287,19 +319,31 @@ class FrameLoader:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _finish(self, images, index: np.ndarray) -> dict:
+    def _finish(self, images, index: np.ndarray, jitter=None) -> dict:
         import torch
 
+        if jitter is not None:
+            images = colour_jitter(images, self.mean, self.std, jitter)
         out = {"images": images.to(self.dtype), "index": torch.from_numpy(index)}
         if self.labels is not None:
             out["labels"] = torch.as_tensor(self.labels[index]).to(self.device, non_blocking=True)
         return out
+
+    def _jitter_generator(self, epoch):
+        """The colour-jitter stream of (seed, epoch, shard), or None without augmentation."""
+        import torch
+
+        if not self.augment:
+            return None
+        key = np.random.SeedSequence([self.seed, epoch, self.shard_id, 7]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(key))
 
     def _iter_ref(self, batches, epoch):
         import torch
 
         # one stream per (seed, epoch, shard): reproducible, different across ranks
         rng = np.random.default_rng([self.seed, epoch, self.shard_id])
+        jitter = self._jitter_generator(epoch)
         for idx in batches:
             if self.augment:
                 arr = np.stack([_normalise(_augment_ref(_load_rgb(self.paths[i]),
@@ -309,7 +353,7 @@ class FrameLoader:
             else:
                 images = clip_preprocess_ref([self.paths[i] for i in idx], self.image_size,
                                              self.mean, self.std)
-            yield self._finish(images.to(self.device), idx)
+            yield self._finish(images.to(self.device), idx, jitter)
 
     def _iter_dali(self, batches, epoch):
         import torch
@@ -330,6 +374,7 @@ class FrameLoader:
             num_threads=self.num_threads, fp16=self.dtype == torch.float16)
         delivered = 0
         it = None
+        jitter = self._jitter_generator(epoch)
         while True:
             try:
                 if it is None:  # builds and runs the first batch(es) already
@@ -345,7 +390,7 @@ class FrameLoader:
             if not np.array_equal(index, batches[delivered]):  # DALI must keep our order
                 raise RuntimeError("DALI returned batches out of order")
             delivered += 1
-            yield self._finish(out["images"], index)
+            yield self._finish(out["images"], index, jitter)
         if delivered != len(batches):
             raise RuntimeError(f"DALI delivered {delivered} of {len(batches)} batches")
 
