@@ -78,9 +78,9 @@ def cpu_preset() -> FinetuneConfig:
     """Small CPU run (about 4-5 minutes on 2 cores on the built-in synthetic set), all ours: the
     small CLIP ResNet (``affaccel-rn-tiny``, 64 px) from random init, every 2nd frame, 10 epochs
     with a cosine decay and no gradient clipping, with auxiliary valence/arousal and action-unit
-    heads. lr is higher than the paper's because
-    the model starts from random weights, not from CLIP's. docs/clip_stage.md shows why: the tiny
-    ViT does not beat chance here, and EXPR-only supervision leaves valence weak."""
+    heads. lr is higher than the paper's because the model starts from random weights, not from
+    CLIP's. docs/clip_stage.md shows why: the tiny ViT does not beat chance here, and EXPR-only
+    supervision leaves valence weak."""
     return FinetuneConfig(clip=ClipConfig(model_name=CPU_MODEL), lr=2e-3, batch_size=128,
                           epochs=10, frame_stride=2, val_frame_stride=2, weight_decay=0.05,
                           grad_clip=0.0, aux_tasks=("va", "au"), schedule="cosine")
@@ -98,24 +98,15 @@ def expr_frames(records: Sequence[Any], stride: int = 1, present_only: bool = Tr
     present_only: skip frames whose face was missing (their path points at a neighbour's image,
     which must not be taught this frame's label).
     """
-    if stride < 1:
-        raise ValueError(f"frame stride must be >= 1, got {stride}")
-    paths: list[str] = []
-    labels: list[np.ndarray] = []
-    for r in records:
-        if "expr" not in r.labels:
-            continue
-        y = np.asarray(r.labels["expr"], dtype=np.int64)
-        ok = np.asarray(r.label_mask["expr"], dtype=bool)
-        if present_only:
-            ok = ok & np.asarray(r.frame_present, dtype=bool)
-        idx = np.flatnonzero(ok)[::stride]
-        if idx.size and (y[idx].min() < 0 or y[idx].max() >= EXPR_CLASSES):
-            raise ValueError(f"video {r.video_id}: EXPR labels outside 0..{EXPR_CLASSES - 1} "
-                             "on frames the mask marks valid")
-        paths.extend(str(r.frame_paths[i]) for i in idx)
-        labels.append(y[idx])
-    return paths, (np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    paths, labels = finetune_frames(records, stride, (), present_only)
+    return paths, labels[:, _EXPR_COL].astype(np.int64)
+
+
+def _no_labels(n: int) -> np.ndarray:
+    """A label matrix [n, 15] with nothing labelled (EXPR/AU -1, VA NaN)."""
+    lab = np.full((n, LABEL_COLUMNS), -1.0, np.float32)
+    lab[:, _VA_COLS] = np.nan
+    return lab
 
 
 def _check_aux(aux_tasks) -> tuple:
@@ -140,8 +131,7 @@ def finetune_frames(records: Sequence[Any], stride: int = 1, aux_tasks: Sequence
     blocks: list[np.ndarray] = []
     for r in records:
         n = r.n_frames
-        lab = np.full((n, LABEL_COLUMNS), -1.0, np.float32)
-        lab[:, _VA_COLS] = np.nan
+        lab = _no_labels(n)
         ok = np.zeros(n, bool)
         for task in ("expr", *aux):
             if task not in r.labels:
@@ -241,8 +231,7 @@ def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, d
     aux = _check_aux(cfg.aux_tasks)
     labels = np.asarray(labels)
     if labels.ndim == 1:
-        mat = np.full((len(labels), LABEL_COLUMNS), -1.0, np.float32)
-        mat[:, _VA_COLS] = np.nan
+        mat = _no_labels(len(labels))
         mat[:, _EXPR_COL] = labels
         labels = mat
     nan = float("nan")
@@ -276,12 +265,12 @@ def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, d
         pred = outs[:, col:col + k]
         col += k
         if task == "va":
-            m = ~np.isnan(labels[:, 1])
+            m = ~np.isnan(labels[:, _VA_COLS.start])
             res["va_ccc_mean"] = (va_metrics(np.tanh(pred[m]), labels[m, _VA_COLS])["ccc_mean"]
                                   if m.sum() >= 2 else nan)
             scores.append(res["va_ccc_mean"])
         else:
-            m = labels[:, 3] >= 0
+            m = labels[:, _AU_COLS.start] >= 0
             res["au_f1_macro"] = (au_metrics(1 / (1 + np.exp(-pred[m])), labels[m, _AU_COLS])["f1_macro"]
                                   if m.any() else nan)
             scores.append(res["au_f1_macro"])

@@ -53,14 +53,19 @@ def records(tmp_path_factory):
     return [_add_aux_labels(r, i) for i, r in enumerate(recs)]
 
 
-def test_finetune_frames_without_aux_are_expr_frames(records):
+def test_finetune_frames_without_aux_are_the_valid_expr_frames(records):
     train = [r for r in records if r.split == "train"]
     for stride in (1, 3):
-        p1, y1 = expr_frames(train, stride)
-        p2, mat = finetune_frames(train, stride)
-        assert p1 == p2 and mat.shape == (len(p1), 15)
-        assert np.array_equal(mat[:, 0].astype(np.int64), y1)
+        paths, mat = finetune_frames(train, stride)
+        want_paths, want_y = [], []
+        for r in train:   # independent selection: labelled EXPR, face present, every stride-th
+            idx = np.flatnonzero(r.label_mask["expr"] & r.frame_present)[::stride]
+            want_paths += [str(r.frame_paths[i]) for i in idx]
+            want_y += [int(r.labels["expr"][i]) for i in idx]
+        assert paths == want_paths and mat.shape == (len(paths), 15)
+        assert mat[:, 0].astype(np.int64).tolist() == want_y
         assert np.isnan(mat[:, 1:3]).all() and (mat[:, 3:] == -1).all()
+        assert expr_frames(train, stride)[1].tolist() == want_y
 
 
 def test_finetune_frames_with_aux_columns(records):
