@@ -121,8 +121,8 @@ def finetune_frames(records: Sequence[Any], stride: int = 1, aux_tasks: Sequence
                     present_only: bool = True) -> tuple[list[str], np.ndarray]:
     """(frame paths, label matrix [N, 15] float32) of the frames that carry a valid EXPR label or
     a valid label of one of ``aux_tasks``, every ``stride``-th per video. Columns: EXPR class
-    (-1 = not labelled), valence, arousal (NaN), 12 AUs (-1). With no aux tasks the frames are
-    exactly those of :func:`expr_frames`.
+    (-1 = not labelled), valence, arousal (NaN), 12 AUs (-1). With no aux tasks: the frames with a
+    valid EXPR label (:func:`expr_frames` returns them with the class ids).
     """
     if stride < 1:
         raise ValueError(f"frame stride must be >= 1, got {stride}")
