@@ -42,6 +42,7 @@ _join_installed_copy()
 # public name -> submodule that defines it (imported on first access)
 _LAZY = {
     "plan_windows": "affaccel.segments",
+    "plan_windows_batch": "affaccel.segments",
     "assemble_windows": "affaccel.segments",
     "assemble_windows_batch": "affaccel.segments",
     "gather_windows": "affaccel.segments",
@@ -49,7 +50,7 @@ _LAZY = {
     "overlap_average": "affaccel.segments",
     "overlap_average_batch": "affaccel.segments",
     "TASKS": "affaccel.tasks",
-    "AffectPredictor": "affaccel.predictor",
+    "AffectPredictor": "affaccel.inference.predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -11,7 +11,7 @@ Layout of the file (``torch.save`` of plain containers and tensors, so it loads 
                       "state_dict": {...}, "metrics": {...}}, ...},
      "meta": {...}}
 
-Inference (``affaccel.predictor``) builds on :func:`load_bundle`; training writes one bundle
+Inference (``affaccel.inference.predictor``) builds on :func:`load_bundle`; training writes one bundle
 per run and :func:`add_task` merges another task's model into an existing bundle.
 """
 from __future__ import annotations
@@ -96,12 +96,13 @@ def read_bundle_dict(path: str | Path) -> dict:
 def load_bundle(path: str | Path, device: str = "cpu", tasks: list[str] | None = None) -> Bundle:
     """Rebuild the encoder and the temporal model(s) of a bundle, in eval mode on ``device``."""
     from affaccel.nn.temporal import TemporalModel
-    from affaccel.train import TrainConfig
+    from affaccel.config import TrainConfig
 
     raw = read_bundle_dict(path)
     encoder = enc_cfg = None
     if raw["encoder"] is not None:
-        from affaccel.nn.clip import ClipConfig, build_encoder
+        from affaccel.config import ClipConfig
+        from affaccel.nn.clip import build_encoder
 
         enc_cfg = from_dict(ClipConfig, raw["encoder"]["config"])
         encoder = build_encoder(enc_cfg)  # architecture (random init), then the bundle's weights

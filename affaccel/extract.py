@@ -1,4 +1,4 @@
-"""Stage 2: per-frame CLIP features of every video into the feature cache.
+"""Command line of stage 2: per-frame CLIP features of every video into the feature cache.
 
     python -m affaccel.extract [--data-root DIR] [--checkpoint PATH] [--cache DIR]
 
@@ -11,52 +11,9 @@ Prints the cache folder last.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-
-def default_cache_root() -> Path:
-    from affaccel import env
-
-    return env.home() / "features"
-
-
-def load_encoder(checkpoint: str | None = None, model: str | None = None,
-                 pretrained: str | None = None):
-    """The encoder to extract with: an affaccel checkpoint, or an open_clip model (tag or random)."""
-    from affaccel.nn.clip import CPU_MODEL, ClipConfig, build_encoder, load_encoder_checkpoint
-
-    if checkpoint:
-        if model or pretrained:
-            raise ValueError("--checkpoint already fixes the model; drop --model/--pretrained")
-        return load_encoder_checkpoint(checkpoint)
-    return build_encoder(ClipConfig(model_name=model or CPU_MODEL, pretrained=pretrained)).eval()
-
-
-def run(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
-        batch_size: int = 256, device: str = "cpu", splits=("train", "val"), progress=True,
-        verify: bool = False) -> tuple[Path, dict]:
-    """Extract features for every video of ``data_root`` (default: built-in synthetic set).
-
-    Returns (cache folder of this encoder, summary from ``extract_features``).
-    """
-    from affaccel.data.affwild2 import load_affwild2
-    from affaccel.features import FeatureCache, extract_features
-
-    if data_root is None:
-        from affaccel.data.synthetic import ensure_synthetic
-
-        data_root = ensure_synthetic("default")
-    records = list(load_affwild2(data_root, splits=tuple(splits)).videos)
-    encoder = load_encoder(checkpoint, model, pretrained)
-    cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
-    summary = extract_features(records, encoder, cache, batch_size=batch_size, device=device,
-                               progress=progress, verify=verify)
-    return cache.dir, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     # affaccel's own messages at INFO; open_clip logs its model building on the root logger
+    import logging
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affaccel").setLevel(logging.INFO)
-    import torch
+    from affaccel.device import resolve_device
+    from affaccel.stages.features import extract_dataset
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device or "auto"))
     t0 = time.time()
-    cache_dir, summary = run(args.data_root, args.checkpoint, args.cache, args.model,
+    cache_dir, summary = extract_dataset(args.data_root, args.checkpoint, args.cache, args.model,
                              args.pretrained, args.batch_size, device,
                              tuple(s for s in args.splits.split(",") if s), not args.quiet,
                              args.verify)

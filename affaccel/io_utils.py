@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,14 +21,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix + ".tmp",
-        dir=path.parent,
-    )
-    os.close(fd)
-    tmp = Path(tmp)
-    # mkstemp creates 0600; give the result the permissions an ordinary open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = _create_temp(path, suffix if suffix is not None else path.suffix + ".tmp")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -39,10 +32,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(path: Path, suffix: str) -> Path:
+    """Create a new empty file beside ``path`` with the permissions an ordinary open() gives.
+
+    Mode 0o666 goes to open(2), which applies the process umask itself: no umask is read or
+    changed here (changing it races other threads creating files).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

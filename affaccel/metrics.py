@@ -140,7 +140,8 @@ def format_table(rows: list[tuple[str, dict[str, float]]], keys: list[str]) -> s
 
 
 def table_keys(task: str) -> list[str]:
-    """Columns of the final table: VA valence/arousal/mean; EXPR and AU macro F1 first."""
+    """Columns of every results table (final, folds, ablation): VA valence/arousal/mean; EXPR
+    and AU macro F1 first, then per class. The one rule for which metrics a table shows."""
     name = get_task(task).name
     if name == "va":
         return ["ccc_valence", "ccc_arousal", "ccc_mean"]

@@ -29,7 +29,7 @@ import numpy as np
 from . import _ext, env
 
 __all__ = [
-    "plan_windows", "assemble_windows", "assemble_windows_batch", "gather_windows",
+    "plan_windows", "plan_windows_batch", "assemble_windows", "assemble_windows_batch", "gather_windows",
     "overlap_average", "overlap_average_batch", "window_weights",
     "plan_windows_ref", "assemble_windows_ref", "assemble_windows_batch_ref",
     "gather_windows_ref", "overlap_average_ref", "overlap_average_batch_ref",
@@ -497,6 +497,15 @@ def _check_plan_length(p: np.ndarray, idx: np.ndarray) -> None:
 
 def _wants_torch_path(x: Any) -> bool:
     return _is_torch(x) and (x.device.type != "cpu" or x.requires_grad)
+
+
+def plan_windows_batch(n_frames: Sequence[int], window: int = 300, stride: int = 200) -> np.ndarray:
+    """:func:`plan_windows` of many videos at once: ``[N, 2]`` int64 ``(video, start)`` rows,
+    videos in order, each video's windows in start order (the index ``gather_windows`` and
+    ``overlap_average_batch`` take)."""
+    w, s = _check_window_stride(window, stride)
+    lengths = [_check_n_frames(n, f"n_frames[{v}]") for v, n in enumerate(n_frames)]
+    return _plan_index(lengths, w, s)
 
 
 def overlap_average_batch(window_preds: Any, index: Any, n_frames: Sequence[int],

@@ -58,8 +58,10 @@ def _flops_per_frame(encoder) -> float:
 def bench_model(name: str, records, n_frames: int, batch: int, device: str, repeats: int) -> list[dict]:
     import torch
 
-    from affaccel.features import FeatureCache, extract_features
-    from affaccel.nn.clip import ClipConfig, autocast, build_encoder
+    from affaccel.stages.features import FeatureCache, extract_features
+    from affaccel.config import ClipConfig
+    from affaccel.device import autocast
+    from affaccel.nn.clip import build_encoder
 
     enc = build_encoder(ClipConfig(model_name=name)).eval()
     gflop = _flops_per_frame(enc)

@@ -113,9 +113,10 @@ def build_bundle(path: Path, model: str, preset: str) -> Path:
 
     from affaccel.bundle import save_bundle
     from affaccel.config import WindowConfig
-    from affaccel.nn.clip import ClipConfig, build_encoder
+    from affaccel.config import ClipConfig
+    from affaccel.nn.clip import build_encoder
     from affaccel.nn.temporal import TemporalModel
-    from affaccel.train import make_config
+    from affaccel.config import make_config
 
     torch.manual_seed(0)
     enc = build_encoder(ClipConfig(model_name=model, init_seed=0))
@@ -396,7 +397,7 @@ def parse_args(argv):
     p.add_argument("--model", default=None, help="open_clip model for the built bundle "
                    "(default: ViT-B-16 on GPU, affaccel-rn-tiny on CPU)")
     p.add_argument("--temporal-preset", default=None, help="temporal model preset of the built "
-                   "bundle (affaccel.train PRESETS; default: paper on GPU, cpu on CPU)")
+                   "bundle (affaccel.config TRAIN_PRESETS; default: paper on GPU, cpu on CPU)")
     p.add_argument("--bundle", default=None, help="bundle file (default: build a random-init one)")
     p.add_argument("--videos", nargs="+", default=None, help="videos (default: synthetic set)")
     p.add_argument("--boxes", nargs="+", default=None, help="box CSV per --videos entry")
@@ -438,7 +439,8 @@ def run_benchmark(argv=None) -> dict:
     both pipelines under "predictions", which the JSON leaves out)."""
     import torch
 
-    from affaccel.predictor import AffectPredictor, resolve_device
+    from affaccel.device import resolve_device
+    from affaccel.inference.predictor import AffectPredictor
 
     a = parse_args(argv)
     device = resolve_device(a.device)

@@ -313,6 +313,29 @@ class AffWild2:
                 f"skipped={len(self.skipped)})")
 
 
+def _annotation_files(root: Path, tasks, splits) -> dict[str, dict[str, tuple[str, Path]]]:
+    """video -> task -> (split, annotation file) of the requested tasks and splits."""
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; expected a subset of {tuple(TASKS)}")
+    for s in splits:
+        if s not in SPLIT_DIRS:
+            raise ValueError(f"unknown split {s!r}; expected a subset of {tuple(SPLIT_DIRS)}")
+    files: dict[str, dict[str, tuple[str, Path]]] = {}
+    for t in tasks:
+        base = _annotation_dirs(root, t)
+        if base is None:
+            raise FileNotFoundError(f"no annotation folder for task {t!r} under {root}: expected "
+                                    f"one of {list(TASKS[t].annotation_dirs)} (or pass tasks=...)")
+        for s in splits:
+            d = base / SPLIT_DIRS[s]
+            if not d.is_dir():
+                continue
+            for f in sorted(d.glob("*.txt")):
+                files.setdefault(f.stem, {})[t] = (s, f)
+    return files
+
+
 def load_affwild2(root: str | Path, tasks=("va", "expr", "au"), splits=("train", "val"),
                   lenient: bool = False) -> AffWild2:
     """Read an Aff-Wild2-format dataset (see the module docstring for layout and conventions).
@@ -326,15 +349,7 @@ def load_affwild2(root: str | Path, tasks=("va", "expr", "au"), splits=("train",
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a folder")
     tasks = tuple(tasks)
-    for t in tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}; expected a subset of {tuple(TASKS)}")
-    for s in splits:
-        if s not in SPLIT_DIRS:
-            raise ValueError(f"unknown split {s!r}; expected a subset of {tuple(SPLIT_DIRS)}")
-
-    # video -> task -> (split, file)
-    files: dict[str, dict[str, tuple[str, Path]]] = {}
+    files = _annotation_files(root, tasks, splits)
     skipped: list[tuple[str, str]] = []
 
     def fail(file, err: Exception | str):
@@ -342,18 +357,6 @@ def load_affwild2(root: str | Path, tasks=("va", "expr", "au"), splits=("train",
             raise err if isinstance(err, Exception) else ValueError(f"{file}: {err}")
         warnings.warn(f"skipping {file}: {err}", stacklevel=3)
         skipped.append((str(file), str(err)))
-
-    for t in tasks:
-        base = _annotation_dirs(root, t)
-        if base is None:
-            raise FileNotFoundError(f"no annotation folder for task {t!r} under {root}: expected "
-                                    f"one of {list(TASKS[t].annotation_dirs)} (or pass tasks=...)")
-        for s in splits:
-            d = base / SPLIT_DIRS[s]
-            if not d.is_dir():
-                continue
-            for f in sorted(d.glob("*.txt")):
-                files.setdefault(f.stem, {})[t] = (s, f)
 
     frames = _frame_index(root)
     if not frames and files:

@@ -17,45 +17,25 @@ This module imports torch and open_clip; ``import affaccel`` does not import it.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from affaccel.config import PAPER_BACKBONE, from_dict, register_config, to_dict
+from affaccel.config import CPU_MODEL, REGISTERED_MODELS, TINY_MODEL, ClipConfig, from_dict, to_dict
+from affaccel.device import autocast, resolve_precision
 from affaccel.io_utils import atomic_torch_save
 
 CHECKPOINT_FORMAT = "affaccel-clip/1"
-TINY_MODEL = "affaccel-vit-tiny"           # small registered ViT config (112 px) for tests
-# The CPU preset's encoder: open_clip's CLIP ResNet ("ModifiedResNet", the RN50 family) cut to
-# one block per stage, 16 base channels, 64 px. On the synthetic set it learns what the tiny ViT
-# from random init does not (docs/clip_stage.md has the comparison); about 1.4 M parameters.
-CPU_MODEL = "affaccel-rn-tiny"
-_REGISTERED = (TINY_MODEL, CPU_MODEL)
 _MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Bumped whenever the meaning of a feature changes without the weights changing (for example the
 # encoder's forward), so feature caches written by older code are not reused.
 _FEATURE_VERSION = 1
-
-
-@register_config
-@dataclass
-class ClipConfig:
-    model_name: str = PAPER_BACKBONE  # open_clip architecture name (paper: ViT-B-16), or TINY_MODEL
-    pretrained: str | None = None     # open_clip pretrained tag, e.g. "openai" (needs the model hub)
-    checkpoint: str | None = None     # local file: affaccel checkpoint or open_clip CLIP state dict
-    precision: str = "auto"           # compute precision: "auto" (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    normalize: bool = False           # L2-normalise the image embedding (ours: off, the head learns scale)
-    head_hidden: int = 0              # fine-tuning head: 0 = one Linear, >0 = Linear-GELU-Linear (ours)
-    head_dropout: float = 0.0         # dropout before the last head layer (ours)
-    num_classes: int = 8              # expression classes (Aff-Wild2 EXPR)
-    init_seed: int = 0                # seed of random init (used only without pretrained/checkpoint)
 
 
 def register_model_configs() -> None:
@@ -63,25 +43,8 @@ def register_model_configs() -> None:
     open_clip (idempotent)."""
     import open_clip
 
-    if not set(_REGISTERED) <= set(open_clip.list_models()):
+    if not set(REGISTERED_MODELS) <= set(open_clip.list_models()):
         open_clip.add_model_config(_MODEL_CONFIG_DIR)
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """"auto" -> "bf16" on CUDA, "fp32" elsewhere; validates the name."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device | str, precision: str = "auto"):
-    """Autocast context for the encoder's forward: bf16 where asked (GPU by default), else none."""
-    device = torch.device(device)
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _preprocess_summary(pp: dict) -> dict:

@@ -9,49 +9,12 @@ paper's; widths and depths are ours (the paper does not give them) and live in t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from affaccel.config import PAPER_DROPOUT, PAPER_WINDOW, register_config
+from affaccel.config import TemporalConfig
 from affaccel.tasks import get_task
-
-
-@register_config
-@dataclass
-class TemporalConfig:
-    task: str = "va"                 # va / expr / au: sets the output size and VA's tanh bound
-    in_dim: int = 512                # feature size D (ViT-B/16 image embedding: 512); set from the cache
-    use_tcn: bool = True             # False: ablation "without TCN" (a linear projection instead)
-    tcn_channels: list = field(default_factory=lambda: [256, 256])  # ours: TCN widths, one block each
-    tcn_kernel: int = 3              # ours: causal conv kernel; dilation 2**level
-    use_transformer: bool = True     # False: ablation "without Transformer"
-    transformer_layers: int = 2      # ours
-    transformer_heads: int = 4       # ours; must divide the model width (tcn_channels[-1])
-    transformer_ff: int = 512        # ours: feed-forward width of each Transformer layer
-    positional: str = "sinusoidal"   # "sinusoidal" | "learned" positional encoding
-    max_len: int = PAPER_WINDOW      # longest window for the learned encoding
-    head_hidden: int = 128           # ours: hidden width of the MLP head
-    dropout: float = PAPER_DROPOUT   # paper sec. 4.2
-
-    @property
-    def width(self) -> int:
-        """Model width after the TCN (or the projection that replaces it)."""
-        return int(self.tcn_channels[-1])
-
-    def validate(self) -> "TemporalConfig":
-        get_task(self.task)
-        if not self.tcn_channels or any(int(c) <= 0 for c in self.tcn_channels):
-            raise ValueError(f"tcn_channels must be a non-empty list of positive ints, got {self.tcn_channels}")
-        if self.width % self.transformer_heads:
-            raise ValueError(f"transformer_heads={self.transformer_heads} must divide the model "
-                             f"width tcn_channels[-1]={self.width}")
-        if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        return self
 
 
 def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:

@@ -1,8 +1,15 @@
-"""Which implementation an op takes for given tensors: Triton kernels or the reference."""
+"""Which implementation an op takes for given tensors: Triton kernels or the reference.
+
+Triton's interpreter is Triton's own setting: ``TRITON_INTERPRET=1``, read by Triton when it is
+first imported (its library functions, ``tl.sum`` and the like, are decorated then) and when
+our kernels are decorated. affaccel never writes environment variables, so
+``AFFACCEL_TRITON_INTERPRET=1`` (which routes CPU tensors to the kernels) needs
+``TRITON_INTERPRET=1`` set as well, by the user or the test, before anything imports Triton;
+:func:`load_kernels` says so when it is missing.
+"""
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from functools import lru_cache
 
@@ -13,10 +20,6 @@ from affaccel import env
 
 @lru_cache(maxsize=1)
 def triton_importable() -> bool:
-    # Triton reads TRITON_INTERPRET when kernels are decorated, so our variable must be
-    # mirrored into Triton's before affaccel.kernels is first imported.
-    if env.triton_interpret():
-        os.environ["TRITON_INTERPRET"] = "1"
     try:
         import triton  # noqa: F401
     except Exception:
@@ -55,28 +58,48 @@ def triton_mode() -> str | None:
     return "interpreted" if type(tl.sum).__name__ == "InterpretedFunction" else "compiled"
 
 
+def triton_interpreter_setting() -> bool:
+    """Triton's own interpreter setting now (``triton.knobs.runtime.interpret``, which reads
+    TRITON_INTERPRET); it decides how kernels decorated from now on run. Imports Triton."""
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
 def load_kernels(module: str, what: str):
     """The Triton kernel module ``module``, (re)imported to match the interpreter setting.
 
     ``what`` names the op in error messages. Kernel modules expose ``INTERPRETED``.
     """
     want = env.triton_interpret()
-    if want:
-        # Triton reads its own variable when the kernels are decorated.
-        os.environ["TRITON_INTERPRET"] = "1"
     if not triton_importable():
         raise RuntimeError(f"{what} needs Triton (pip install triton)")
+    if want and not triton_interpreter_setting():
+        raise RuntimeError(
+            f"{what}: AFFACCEL_TRITON_INTERPRET=1 asks for Triton's interpreter, but Triton's "
+            "own variable TRITON_INTERPRET=1 is not set. Triton reads it at its first import, "
+            "and affaccel does not set environment variables: set both "
+            "AFFACCEL_TRITON_INTERPRET=1 and TRITON_INTERPRET=1 before starting Python (or "
+            "unset AFFACCEL_TRITON_INTERPRET, or set AFFACCEL_FORCE_REFERENCE=1 to use the "
+            "reference)")
     mode = triton_mode()
     if mode is not None and (mode == "interpreted") != want:
         raise RuntimeError(
             f"{what}: Triton was imported in {mode} mode in this process, but "
             "AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET ask for the "
             f"{'interpreter' if want else 'compiler'}; the mode is fixed at the first "
-            "`import triton`, so set the variable before anything imports Triton (or run in a "
-            "fresh process), or set AFFACCEL_FORCE_REFERENCE=1 to use the reference")
+            "`import triton`, so set both AFFACCEL_TRITON_INTERPRET=1 and TRITON_INTERPRET=1 "
+            "before anything imports Triton (or run in a fresh process), or set "
+            "AFFACCEL_FORCE_REFERENCE=1 to use the reference")
     mod = sys.modules.get(module)
     if mod is None:
-        return importlib.import_module(module)
-    if mod.INTERPRETED != want:
+        mod = importlib.import_module(module)
+    elif mod.INTERPRETED != want:
+        # decorated under the other setting earlier in this process: decorate them again now
         mod = importlib.reload(mod)
+    if mod.INTERPRETED != want:
+        raise RuntimeError(
+            f"{what}: the kernels were decorated {'compiled' if want else 'interpreted'}, but "
+            f"AFFACCEL_TRITON_INTERPRET/TRITON_INTERPRET ask for the "
+            f"{'interpreter' if want else 'compiler'}; set TRITON_INTERPRET to match")
     return mod

@@ -1,7 +1,7 @@
 """Dilated causal 1-D convolution on channels-last activations, with a fused epilogue.
 
 ``causal_conv1d`` runs the Triton kernels of ``affaccel.kernels.tcn_conv`` on CUDA tensors (and
-on CPU tensors under AFFACCEL_TRITON_INTERPRET=1) and ``causal_conv1d_ref`` otherwise; the
+on CPU tensors under AFFACCEL_TRITON_INTERPRET=1 with TRITON_INTERPRET=1) and ``causal_conv1d_ref`` otherwise; the
 reference is ``F.conv1d`` with left padding and is also what the kernels are tested against.
 
 Semantics (both paths)::
@@ -319,8 +319,9 @@ def causal_conv1d(
         raise ValueError(f"the fused kernel takes float32/float16/bfloat16, got {x.dtype}")
     if not (x.is_cuda or (x.device.type == "cpu" and env.triton_interpret())):
         raise RuntimeError(
-            "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 "
-            f"(Triton's interpreter, set before Triton is first imported); got {x.device}"
+            "fused=True needs CUDA tensors, or CPU tensors with AFFACCEL_TRITON_INTERPRET=1 and "
+            "TRITON_INTERPRET=1 (Triton's interpreter; both set before Triton is first "
+            f"imported); got {x.device}"
         )
     return CausalConv1dFn.apply(x, weight, bias, residual, dilation, activation,
                                 torch.is_grad_enabled())

@@ -1,4 +1,4 @@
-"""Window datasets for the temporal model, built straight from per-video feature arrays.
+"""Window datasets of stage 3, built straight from per-video feature arrays.
 
 A training set is a list of :class:`VideoSeq` (features [T, D], possibly a float16 memmap of
 the feature cache, plus per-frame targets and a valid mask). :class:`WindowSet` plans the
@@ -84,16 +84,13 @@ class WindowSet:
     """All windows of a list of videos: index [N, 2] of (video, start)."""
 
     def __init__(self, seqs: Sequence[VideoSeq], window: int, stride: int, task: str):
-        from affaccel.segments import plan_windows
+        from affaccel.segments import plan_windows_batch
 
         if not seqs:
             raise ValueError(f"no videos with {task} labels to build windows from")
         self.seqs = list(seqs)
         self.window, self.stride, self.task = int(window), int(stride), get_task(task)
-        idx = [np.stack([np.full(len(s), v, dtype=np.int64), s.astype(np.int64)], axis=1)
-               for v, s in ((v, np.asarray(plan_windows(q.n_frames, self.window, self.stride)))
-                            for v, q in enumerate(self.seqs))]
-        self.index = np.concatenate(idx, axis=0)
+        self.index = plan_windows_batch([q.n_frames for q in self.seqs], self.window, self.stride)
         self._features = [q.features for q in self.seqs]
         self._targets = [q.targets() for q in self.seqs]
 

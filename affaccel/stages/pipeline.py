@@ -16,42 +16,22 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from affaccel import io_utils
+from affaccel.config import JobSpec
+from affaccel.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class JobSpec:
-    task: str = "va"                      # va / expr / au
-    data_root: Path | None = None         # Aff-Wild2-format root; None = built-in synthetic set
-    run_dir: Path | None = None           # None = AFFACCEL_HOME/runs/<task>-<time>
-    resume: bool = False                  # continue the temporal stage from run_dir/last.pt
-    preset: str | None = None             # paper / cpu / tiny; None = paper with a GPU or a data root
-    synthetic: str = "default"            # synthetic set size when data_root is None
-    finetune: bool = True                 # False: features of the non-fine-tuned encoder (ablation)
-    pretrained: str | None = "auto"       # CLIP weights tag; auto = "openai" for the paper preset
-    overrides: dict = field(default_factory=dict)  # TrainConfig overrides (None values ignored)
-    progress: bool = True
-    quiet_table: bool = False             # do not print the final table
-
-
 def resolve_preset(job: JobSpec) -> str:
-    import torch
-
+    """The job's preset; unset: the paper's with a GPU or a data root, the CPU one otherwise."""
     if job.preset:
         return job.preset
-    return "paper" if (torch.cuda.is_available() or job.data_root is not None) else "cpu"
-
-
-def device_name() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "paper" if (resolve_device().type == "cuda" or job.data_root is not None) else "cpu"
 
 
 # ----------------------------------------------------------------------------- stage 0: data
@@ -72,22 +52,6 @@ def load_dataset(job: JobSpec):
 
 
 # ----------------------------------------------------------------------------- stage 1: CLIP
-def finetune_config(preset: str, pretrained: str | None):
-    """FinetuneConfig of a preset; the tiny preset is the CPU one cut to seconds (tests)."""
-    from affaccel.finetune import cpu_preset, paper_preset
-
-    if preset == "paper":
-        cfg = paper_preset()
-        tag = "openai" if pretrained == "auto" else pretrained
-        return dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, pretrained=tag))
-    cfg = cpu_preset()
-    if pretrained not in ("auto", None):
-        cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, pretrained=pretrained))
-    if preset == "tiny":
-        cfg = dataclasses.replace(cfg, epochs=1, batch_size=32, frame_stride=6, val_frame_stride=6)
-    return cfg
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -101,11 +65,11 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
     finetune=False: the encoder as fine-tuning would start it (pretrained or random init).
     """
     from affaccel import env
-    from affaccel.config import to_dict
-    from affaccel.finetune import finetune as run_finetune
+    from affaccel.config import finetune_preset, to_dict
     from affaccel.nn.clip import build_encoder, load_encoder_checkpoint
+    from affaccel.stages.finetune import finetune as run_finetune
 
-    cfg = finetune_config(preset, pretrained)
+    cfg = finetune_preset(preset, pretrained)
     if not finetune:
         return build_encoder(cfg.clip).eval()
     key = _digest({"cfg": to_dict(cfg), "videos": sorted((r.video_id, r.split, r.n_frames) for r in records),
@@ -116,7 +80,7 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
         log.info("fine-tuned encoder cached at %s", out)
     else:
         t0 = time.perf_counter()
-        best = run_finetune(list(records), cfg, out, device=device_name(), resume=True, progress=progress)
+        best = run_finetune(list(records), cfg, out, device=resolve_device().type, resume=True, progress=progress)
         io_utils.atomic_write_json(done, {"best": str(best), "seconds": time.perf_counter() - t0,
                                           "config": to_dict(cfg)})
     return load_encoder_checkpoint(out / "best.pt")
@@ -125,12 +89,11 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
 # ----------------------------------------------------------------------------- stage 2: features
 def feature_stage(records: Sequence, encoder, progress: bool):
     """Features of every frame of every record in the feature cache; returns (cache, failed ids)."""
-    from affaccel.extract import default_cache_root
-    from affaccel.features import FeatureCache, extract_features
+    from affaccel.stages.features import FeatureCache, default_cache_root, extract_features
 
     cache = FeatureCache.for_encoder(default_cache_root(), encoder)
-    batch = 256 if device_name() == "cuda" else 64
-    summary = extract_features(list(records), encoder, cache, batch_size=batch, device=device_name(),
+    batch = 256 if resolve_device().type == "cuda" else 64
+    summary = extract_features(list(records), encoder, cache, batch_size=batch, device=resolve_device().type,
                                progress=progress)
     for vid, why in summary["failed"].items():
         log.warning("video %s has no features and is left out: %s", vid, why)
@@ -168,7 +131,7 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
     timings["finetune_s"] = time.perf_counter() - t0
     from affaccel import distributed
 
-    distributed.init_from_env(device_name())  # fine-tuning leaves the process group under torchrun
+    distributed.init_from_env(resolve_device().type)  # fine-tuning leaves the process group under torchrun
     t0 = time.perf_counter()
     with distributed.main_process_first():  # rank 0 extracts; the other ranks then find the cache
         cache, failed = feature_stage(list(dataset.videos), encoder, job.progress)
@@ -181,8 +144,9 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
 def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
     """Temporal model on prepared features; writes bundle.pt and final_metrics.json."""
     from affaccel.bundle import save_bundle
-    from affaccel.train import make_config, train, write_final_metrics
-    from affaccel.training_data import sequences_from_records
+    from affaccel.config import make_config
+    from affaccel.stages.temporal import train, write_final_metrics
+    from affaccel.stages.windows import sequences_from_records
 
     cfg = make_config(job.task, prep.preset, **job.overrides)
     train_seqs = sequences_from_records(prep.train_records, job.task, prep.cache.load_features)
@@ -205,7 +169,7 @@ def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
 def run_job(job: JobSpec) -> dict:
     """The main job: prepare (cached), train, bundle, print the final table; returns final metrics."""
     from affaccel import distributed
-    from affaccel.train import default_run_dir, final_table
+    from affaccel.stages.temporal import default_run_dir, final_table
 
     t0 = time.perf_counter()
     run_dir = Path(job.run_dir) if job.run_dir else default_run_dir(job.task)
@@ -228,7 +192,7 @@ def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
     import numpy as np
 
     from affaccel.metrics import format_table, table_keys
-    from affaccel.train import default_run_dir
+    from affaccel.stages.temporal import default_run_dir
 
     root, dataset = load_dataset(job)
     base = Path(job.run_dir) if job.run_dir else default_run_dir(job.task, f"{k}fold")
@@ -238,7 +202,7 @@ def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
         prep = prepare(fold_job, tr, va, dataset=dataset, root=root, tag=f"fold{f}of{k}-seed{seed}")
         result, _ = train_stage(fold_job, prep, base / f"fold{f}")
         rows.append((f"fold {f}", result.metrics))
-    keys = table_keys(job.task)[:3] if job.task == "va" else table_keys(job.task)[:1]
+    keys = table_keys(job.task)
     mean = {key: float(np.mean([m[key] for _, m in rows])) for key in keys}
     table = format_table([*rows, ("mean", mean)], keys)
     io_utils.atomic_write_json(base / "folds.json", {"task": job.task, "k": k, "seed": seed,

@@ -10,305 +10,27 @@ Frames without a face keep their row: their feature is the previous face frame's
 face frame's for leading ones), as the training feature cache does, so window alignment is
 the one the model was trained with; their predictions are then written as NaN.
 
-Two temporal paths give the same numbers: ``_temporal_batch`` cuts all windows of a whole
-feature array at once (affaccel.segments, as the training-time validation does), and
-``StreamingTemporal`` consumes features as frames arrive, holding at most about ``w + s``
-frames of features plus the running overlap sums, so memory does not grow with video length.
-
-Table schema (frozen; see docs/inference.md): ``frame`` (int64, 0-based decoded frame index),
-``timestamp_s`` (float64, decoder's presentation time), ``face_found`` (bool), ``face_id``
-(int64 track id, -1 without a face), ``face_x, face_y, face_w, face_h, face_score``
-(float32, NaN without a face), then per task in the bundle: ``valence, arousal``;
-``Neutral ... Other`` (probabilities) and ``expr_label`` (str); ``AU1 ... AU26``
-(probabilities) and ``AU1_active ... AU26_active`` (float32 1.0/0.0 at probability >=
-AU_THRESHOLD). Every prediction column is NaN on frames without a face.
+Two temporal paths give the same numbers: ``affaccel.inference.temporal.predict_frames`` cuts
+the windows of whole feature arrays (the path stage-3 validation takes), and
+``affaccel.inference.streaming.StreamingTemporal`` consumes features as frames arrive with
+bounded memory. The table's schema is ``affaccel.inference.table``; files are written by
+``affaccel.inference.writers``.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from affaccel.tasks import ACTION_UNITS, EXPRESSIONS, TASKS
+from affaccel.device import resolve_device
+from affaccel.inference.streaming import FeatureFiller, NoFramesError, StreamingTemporal
+from affaccel.inference.table import TASK_ORDER, PredictionResult, build_table
 
-AU_THRESHOLD = 0.5          # binary AU columns: probability >= 0.5 (the challenge's threshold)
-TASK_ORDER = ("va", "expr", "au")
-BOX_COLUMNS = ("face_x", "face_y", "face_w", "face_h")
+__all__ = ["AffectPredictor", "VideoFailure", "NoFramesError", "PredictionResult"]
 
-
-class NoFramesError(ValueError):
-    """The input decoded to zero frames."""
-
-
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for, but CUDA is not available")
-    return dev
-
-
-# ----------------------------------------------------------------------------------------
-# Result table
-# ----------------------------------------------------------------------------------------
-
-def prediction_columns(tasks: Sequence[str]) -> list[str]:
-    """Prediction column names for the given tasks, in schema order."""
-    cols: list[str] = []
-    for t in TASK_ORDER:
-        if t not in tasks:
-            continue
-        if t == "va":
-            cols += ["valence", "arousal"]
-        elif t == "expr":
-            cols += [*EXPRESSIONS, "expr_label"]
-        else:
-            cols += [*ACTION_UNITS, *(f"{a}_active" for a in ACTION_UNITS)]
-    return cols
-
-
-def schema_columns(tasks: Sequence[str]) -> list[str]:
-    return ["frame", "timestamp_s", "face_found", "face_id", *BOX_COLUMNS, "face_score",
-            *prediction_columns(tasks)]
-
-
-def build_table(first_frame: int, timestamps, boxes, scores, ids, found, preds: dict):
-    """One DataFrame chunk in the frozen schema.
-
-    timestamps: [n] float64; boxes: [n, 4]; scores: [n]; ids: [n] int; found: [n] bool;
-    preds: task -> [n, K] float (VA values, EXPR / AU probabilities; rows of frames without a
-    face are overwritten with NaN here).
-    """
-    import pandas as pd
-
-    n = len(found)
-    found = np.asarray(found, bool)
-    cols: dict[str, Any] = {
-        "frame": np.arange(first_frame, first_frame + n, dtype=np.int64),
-        "timestamp_s": np.asarray(timestamps, np.float64),
-        "face_found": found,
-        "face_id": np.where(found, np.asarray(ids, np.int64), -1),
-    }
-    boxes = np.asarray(boxes, np.float32).reshape(n, 4).copy()
-    boxes[~found] = np.nan
-    for j, c in enumerate(BOX_COLUMNS):
-        cols[c] = boxes[:, j]
-    cols["face_score"] = np.where(found, np.asarray(scores, np.float32), np.float32(np.nan))
-    for t in TASK_ORDER:
-        if t not in preds:
-            continue
-        p = np.asarray(preds[t], np.float32).reshape(n, -1).copy()
-        p[~found] = np.nan
-        names = TASKS[t].columns
-        for j, c in enumerate(names):
-            cols[c] = p[:, j]
-        if t == "expr":
-            labels = np.asarray(EXPRESSIONS, dtype=object)[np.nan_to_num(p).argmax(1)]
-            labels[~found] = np.nan
-            cols["expr_label"] = labels
-        elif t == "au":
-            for j, c in enumerate(names):
-                cols[f"{c}_active"] = np.where(found, (p[:, j] >= AU_THRESHOLD).astype(np.float32),
-                                               np.float32(np.nan))
-    return pd.DataFrame(cols, columns=schema_columns(list(preds)))
-
-
-@dataclass
-class PredictionResult:
-    """Per-frame predictions of one video.
-
-    frame: the table (schema in the module docstring); video: the input's name;
-    seconds: wall time of the prediction; tasks: tasks predicted.
-    """
-    frame: Any
-    video: str
-    tasks: tuple[str, ...]
-    seconds: float = float("nan")
-
-    @property
-    def n_frames(self) -> int:
-        return int(len(self.frame))
-
-    @property
-    def n_faces(self) -> int:
-        return int(self.frame["face_found"].sum())
-
-    @property
-    def fps(self) -> float:
-        """Frames processed per second of wall time."""
-        return self.n_frames / self.seconds if self.seconds > 0 else float("nan")
-
-    def save(self, out_dir, fmt: str = "csv", name: str | None = None) -> list[Path]:
-        """Write the table (csv / parquet) or the ABAW text files; see affaccel.predict."""
-        from affaccel.predict import write_result
-
-        return write_result(self, out_dir, fmt, name=name)
-
-    def plot(self, path) -> Path:
-        from affaccel.plots import plot_result
-
-        return plot_result(self, path)
-
-
-# ----------------------------------------------------------------------------------------
-# Temporal stage: batch and streaming
-# ----------------------------------------------------------------------------------------
-
-def _window_weights(window: int, weighting: str) -> np.ndarray:
-    from affaccel.segments import window_weights
-
-    return np.asarray(window_weights(window, weighting), np.float64)
-
-
-class _FeatureFiller:
-    """Gives frames without a face the previous face frame's feature (leading ones: the first
-    face frame's). Streaming: leading frames are held as a count until a face appears."""
-
-    def __init__(self):
-        self.last = None        # [D] feature of the latest face frame
-        self.pending = 0        # leading frames seen before any face
-
-    def __call__(self, feats, found) -> list:
-        """feats: [B, D] torch (rows of no-face frames ignored), found: [B] bool -> list of
-        ready feature blocks (torch [b, D]) in frame order; may be empty while no face seen."""
-        import torch
-
-        found = torch.as_tensor(np.asarray(found, bool))
-        out = []
-        if self.last is None:
-            if not bool(found.any()):
-                self.pending += len(found)
-                return out
-            first = int(torch.nonzero(found)[0])
-            self.last = feats[first]
-            lead = self.pending + first
-            self.pending = 0
-            for i in range(0, lead, 4096):  # bounded blocks, also for a long face-less start
-                out.append(self.last.expand(min(4096, lead - i), -1).clone())
-            feats, found = feats[first:], found[first:]
-        # forward fill: index of the latest face frame at or before each row
-        idx = torch.where(found, torch.arange(len(found)), torch.full((len(found),), -1))
-        idx = torch.cummax(idx, 0).values
-        block = torch.where((idx >= 0)[:, None], feats[idx.clamp(min=0)], self.last[None])
-        if bool(found.any()):
-            self.last = feats[int(torch.nonzero(found)[-1])]
-        out.append(block)
-        return out
-
-
-class StreamingTemporal:
-    """Windows and overlap averaging as features arrive, with bounded memory.
-
-    ``push(feats [B, D])`` returns finalized predictions ``(first_frame, {task: [n, K]})``
-    (possibly n = 0); ``finish()`` returns the rest. A frame is final once no future window can
-    cover it: windows start at 0, s, 2s, ... and the one extra tail window (when the video
-    does not end on a window boundary) starts at T - w >= (frames seen) - w. Features older
-    than min(next start, seen - w) are dropped, so at most about w + s frames are held.
-    """
-
-    def __init__(self, run_windows, window: int, stride: int, tasks: Sequence[str],
-                 weighting: str = "uniform", max_batch: int = 32):
-        self.run_windows, self.w, self.s = run_windows, int(window), int(stride)
-        self.tasks, self.max_batch = list(tasks), int(max_batch)
-        self.weights = _window_weights(self.w, weighting)
-        self.buf = None          # torch [L, D] features of frames [buf_start, n)
-        self.buf_start = 0
-        self.n = 0               # frames pushed
-        self.next_start = 0      # start of the next regular window
-        self.fin = 0             # frames [0, fin) are finalized
-        self.acc: dict[str, np.ndarray] = {}   # task -> [n - fin, K] weighted sums
-        self.wsum = np.zeros(0)                # [n - fin] weight sums
-        self.n_windows = 0
-        self.peak_rows = 0       # most feature rows / accumulator rows held at once (memory check)
-
-    def _grow(self, feats) -> None:
-        import torch
-
-        self.buf = feats if self.buf is None else torch.cat([self.buf, feats])
-        self.n += len(feats)
-        self.wsum = np.concatenate([self.wsum, np.zeros(len(feats))])
-        for t in self.tasks:
-            if t in self.acc:
-                self.acc[t] = np.concatenate([self.acc[t], np.zeros((len(feats), self.acc[t].shape[1]))])
-
-    def _run(self, starts: list[int], lengths: list[int]) -> None:
-        import torch
-
-        if not starts:
-            return
-        x = torch.zeros((len(starts), self.w, self.buf.shape[1]), dtype=self.buf.dtype)
-        mask = torch.zeros((len(starts), self.w), dtype=torch.bool)
-        for i, (st, ln) in enumerate(zip(starts, lengths)):
-            x[i, :ln] = self.buf[st - self.buf_start: st - self.buf_start + ln]
-            mask[i, :ln] = True
-        preds = self.run_windows(x, mask)                    # task -> [N, w, K] numpy
-        for i, (st, ln) in enumerate(zip(starts, lengths)):
-            lo = st - self.fin
-            wts = self.weights[:ln]
-            self.wsum[lo: lo + ln] += wts
-            for t in self.tasks:
-                p = np.asarray(preds[t][i, :ln], np.float64)
-                if t not in self.acc:
-                    self.acc[t] = np.zeros((len(self.wsum), p.shape[1]))
-                self.acc[t][lo: lo + ln] += wts[:, None] * p
-        self.n_windows += len(starts)
-
-    def _pop(self, upto: int):
-        k = upto - self.fin
-        out = {t: a[:k] / self.wsum[:k, None] for t, a in self.acc.items()}
-        if k > 0 and not out:
-            out = {t: np.zeros((k, 0)) for t in self.tasks}
-        first = self.fin
-        self.acc = {t: a[k:] for t, a in self.acc.items()}
-        self.wsum = self.wsum[k:]
-        self.fin = upto
-        return first, out
-
-    def _trim(self) -> None:
-        keep = max(0, min(self.next_start, self.n - self.w))
-        if keep > self.buf_start:
-            self.buf = self.buf[keep - self.buf_start:].clone()
-            self.buf_start = keep
-
-    def push(self, feats):
-        if len(feats):
-            self._grow(feats)
-        ready = []
-        while self.next_start + self.w <= self.n:
-            ready.append(self.next_start)
-            self.next_start += self.s
-            if len(ready) == self.max_batch:
-                self._run(ready, [self.w] * len(ready))
-                ready = []
-        self._run(ready, [self.w] * len(ready))
-        self.peak_rows = max(self.peak_rows, len(self.buf), len(self.wsum))
-        upto = max(self.fin, min(self.next_start, self.n - self.w))
-        out = self._pop(upto)
-        self._trim()
-        return out
-
-    def finish(self):
-        if self.n == 0:
-            raise NoFramesError("no frames to predict")
-        if self.next_start == 0:                      # shorter than a window: one padded window
-            self._run([0], [self.n])
-        elif self.next_start - self.s + self.w < self.n:   # tail window ending at the last frame
-            self._run([self.n - self.w], [self.w])
-        out = self._pop(self.n)
-        self.buf = None
-        return out
-
-
-# ----------------------------------------------------------------------------------------
-# The predictor
-# ----------------------------------------------------------------------------------------
 
 @dataclass
 class _Chunk:
@@ -389,7 +111,7 @@ class AffectPredictor:
         """crops: [B, 3, S, S] normalised float -> features [B, D] float32 on CPU."""
         import torch
 
-        from affaccel.nn.clip import autocast
+        from affaccel.device import autocast
 
         if self.encoder is None:
             raise ValueError("this predictor has no encoder: pass features= (or load a bundle "
@@ -403,32 +125,16 @@ class AffectPredictor:
         space of TemporalModel.to_prediction)."""
         import torch
 
-        out = {}
-        with torch.inference_mode():
-            x = x.to(self.device, torch.float32)
-            mask = mask.to(self.device)
-            for t, m in self.models.items():
-                out[t] = m.to_prediction(m(x, mask)).float().cpu().numpy()
-        return out
+        from affaccel.inference.temporal import run_windows
 
-    def _temporal_batch(self, feats, weighting: str) -> dict:
-        """Whole-array path: feats [T, D] -> task -> [T, K] (float64)."""
-        import torch
+        return run_windows(self.models, x.to(self.device, torch.float32), mask.to(self.device))
 
-        from affaccel.segments import assemble_windows, overlap_average, plan_windows
+    def _temporal(self, feats: Sequence[Any], weighting: str) -> list[dict]:
+        """Whole-array path: features [T_i, D] per video -> per video, task -> [T_i, K]."""
+        from affaccel.inference.temporal import predict_frames
 
-        n = int(feats.shape[0])
-        starts = np.asarray(plan_windows(n, self.window, self.stride))
-        wins, mask = assemble_windows(feats, self.window, self.stride)
-        wins, mask = torch.as_tensor(wins), torch.as_tensor(mask)
-        parts: dict[str, list] = {t: [] for t in self.tasks}
-        for i in range(0, len(starts), self.window_batch):
-            p = self.run_windows(wins[i:i + self.window_batch], mask[i:i + self.window_batch])
-            for t in self.tasks:
-                parts[t].append(p[t])
-        return {t: np.asarray(overlap_average(np.concatenate(parts[t]), starts, n,
-                                              weighting=weighting), np.float64)
-                for t in self.tasks}
+        return predict_frames(self.models, feats, self.window, self.stride, self.device,
+                              self.window_batch, weighting)
 
     def _crop(self, frames, boxes):
         from affaccel.video.crop import crop_faces
@@ -525,7 +231,7 @@ class AffectPredictor:
 
         stream = StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
                                    weighting=weighting or self.weighting, max_batch=self.window_batch)
-        filler = _FeatureFiller()
+        filler = FeatureFiller()
         side: list[np.ndarray] = []       # per-frame side columns of not-yet-emitted frames
         emitted = 0
 
@@ -596,7 +302,7 @@ class AffectPredictor:
         """All chunks of one input -> (side columns, filled features [T, D])."""
         import torch
 
-        filler = _FeatureFiller()
+        filler = FeatureFiller()
         side, blocks = [], []
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found, bar):
             side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found))
@@ -611,7 +317,7 @@ class AffectPredictor:
     def _predict_batch(self, video, boxes, crops, features, batch_size, weighting, fps,
                        face_found, bar):
         cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar)
-        preds = self._temporal_batch(feats, weighting or self.weighting)
+        preds = self._temporal([feats], weighting or self.weighting)[0]
         return build_table(0, *cols, preds)
 
     def predict_videos(self, videos: Sequence, boxes: Sequence | None = None,
@@ -624,10 +330,6 @@ class AffectPredictor:
         errors: "raise" stops at the first bad input; "return" puts a ``VideoFailure``
         (video, reason) in its place and goes on.
         """
-        import torch
-
-        from affaccel.segments import assemble_windows_batch, overlap_average, plan_windows
-
         weighting = weighting or self.weighting
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
@@ -652,25 +354,12 @@ class AffectPredictor:
         results: dict[int, PredictionResult] = {}
         if ok:
             t0 = time.perf_counter()
-            feats = [d[2] for d in ok]
-            wins, mask, index = assemble_windows_batch(feats, self.window, self.stride)
-            wins, mask = torch.as_tensor(wins), torch.as_tensor(mask)
-            parts: dict[str, list] = {t: [] for t in self.tasks}
-            for i in range(0, len(wins), self.window_batch):
-                p = self.run_windows(wins[i:i + self.window_batch], mask[i:i + self.window_batch])
-                for t in self.tasks:
-                    parts[t].append(p[t])
-            allp = {t: np.concatenate(parts[t]) for t in self.tasks}
-            index = np.asarray(index)
+            preds = self._temporal([d[2] for d in ok], weighting)
             share = (time.perf_counter() - t0) / len(ok)
-            for k, (v, cols, f, secs) in enumerate(ok):
-                sel = np.nonzero(index[:, 0] == k)[0]
-                starts = index[sel, 1]
-                preds = {t: np.asarray(overlap_average(allp[t][sel], starts, len(f),
-                                                       weighting=weighting), np.float64)
-                         for t in self.tasks}
-                results[id(ok[k])] = PredictionResult(build_table(0, *cols, preds), _name_of(v),
-                                                      self.tasks, secs + share)
+            for d, p in zip(ok, preds):
+                v, cols, _, secs = d
+                results[id(d)] = PredictionResult(build_table(0, *cols, p), _name_of(v),
+                                                  self.tasks, secs + share)
         return [d if isinstance(d, VideoFailure) else results[id(d)] for d in done]
 
 

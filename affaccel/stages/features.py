@@ -1,4 +1,4 @@
-"""Per-frame CLIP features: the on-disk cache and the extraction loop (stage 2 of the paper).
+"""Stage 2: per-frame CLIP features, the on-disk cache and the extraction loop (paper sec. 3.1).
 
 Cache layout (one folder per encoder)::
 
@@ -199,7 +199,7 @@ def _encode_batches(paths: Sequence[Path], encoder, batch_size: int, device, num
     """Yield (index [B], features [B, D] float16) for ``paths`` in order through the encoder."""
     import torch
 
-    from affaccel.nn.clip import autocast
+    from affaccel.device import autocast
     from affaccel.video.frames import FrameLoader
 
     loader = FrameLoader(
@@ -256,6 +256,45 @@ def _validate_record(r: Any) -> None:
                          f"n_frames={n} (expected one path per frame, n_frames >= 1)")
 
 
+def _pending(records: Sequence[Any], cache: FeatureCache, verify: bool) -> tuple[list, list]:
+    """(records still to extract, ids already valid in the cache); checks the records first."""
+    seen: set[str] = set()
+    for r in records:
+        if r.video_id in seen:
+            raise ValueError(f"video id {r.video_id!r} appears twice in the records")
+        seen.add(r.video_id)
+        _validate_record(r)
+    pending, skipped = [], []
+    for r in records:
+        reason = cache.check(r.video_id, r.n_frames, deep=verify)
+        if reason is None:
+            skipped.append(r.video_id)
+        else:
+            if reason != "not in manifest":
+                log.warning("rebuilding features of %s: %s", r.video_id, reason)
+            pending.append(r)
+    return pending, skipped
+
+
+def _retry_one_by_one(pending, asm: _Assembler, encode, cache, on_video_done, bar, failed: dict) -> None:
+    """One unreadable frame stops a pipeline over all videos; redo the unfinished videos one by
+    one so a bad video is reported and the others still get their features."""
+    for r in pending:
+        if r.video_id in asm.done:
+            continue
+        try:
+            one = _Assembler([r], cache, on_video_done)
+            for index, feats in encode(r.frame_paths):
+                one.add(index, feats)
+            if not one.done:
+                raise RuntimeError(f"frame pipeline returned {one.filled[0]} of {r.n_frames} frames")
+            asm.done.append(r.video_id)
+            bar.update(r.n_frames)
+        except (OSError, RuntimeError, ValueError) as err:
+            failed[r.video_id] = f"{type(err).__name__}: {err}"
+            log.error("video %s: features not extracted: %s", r.video_id, err)
+
+
 def extract_features(records: Sequence[Any], encoder, cache: FeatureCache, batch_size: int = 256,
                      device: str = "cpu", progress: bool = True, num_threads: int = 2,
                      backend: str = "auto", on_video_done: Callable[[str], None] | None = None,
@@ -282,66 +321,76 @@ def extract_features(records: Sequence[Any], encoder, cache: FeatureCache, batch
     if encoder.identity() != cache.encoder_identity:
         raise ValueError("extract_features: the cache belongs to another encoder "
                          f"(cache {cache.encoder_identity}, encoder {encoder.identity()})")
-    seen: set[str] = set()
-    for r in records:
-        if r.video_id in seen:
-            raise ValueError(f"video id {r.video_id!r} appears twice in the records")
-        seen.add(r.video_id)
-        _validate_record(r)
-    pending, skipped = [], []
-    for r in records:
-        reason = cache.check(r.video_id, r.n_frames, deep=verify)
-        if reason is None:
-            skipped.append(r.video_id)
-        else:
-            if reason != "not in manifest":
-                log.warning("rebuilding features of %s: %s", r.video_id, reason)
-            pending.append(r)
+    pending, skipped = _pending(records, cache, verify)
     result = {"extracted": [], "skipped": skipped, "failed": {}, "frames": 0}
     if not pending:
         return result
     cache.remove_stale_temp_files()
-
     device = torch.device(device)
     encoder = encoder.eval().to(device)
-    total = sum(r.n_frames for r in pending)
-    bar = tqdm(total=total, unit="frame", desc="extract", disable=not progress)
+
+    def encode(paths):
+        return _encode_batches(paths, encoder, batch_size, device, num_threads, backend)
+
+    bar = tqdm(total=sum(r.n_frames for r in pending), unit="frame", desc="extract", disable=not progress)
+    asm = _Assembler(pending, cache, on_video_done)
     try:
-        asm = _Assembler(pending, cache, on_video_done)
         try:
-            paths = [p for r in pending for p in r.frame_paths]
-            for index, feats in _encode_batches(paths, encoder, batch_size, device, num_threads,
-                                                backend):
+            for index, feats in encode([p for r in pending for p in r.frame_paths]):
                 bar.update(asm.add(index, feats))
         except (OSError, RuntimeError, ValueError) as e:
-            # One unreadable frame stops a pipeline over all videos; redo the unfinished videos
-            # one by one so a bad video is reported and the others still get their features.
             log.warning("extraction over all videos failed (%s); retrying video by video", e)
-            for r in pending:
-                if r.video_id in asm.done:
-                    continue
-                try:
-                    one = _Assembler([r], cache, on_video_done)
-                    for index, feats in _encode_batches(r.frame_paths, encoder, batch_size,
-                                                        device, num_threads, backend):
-                        one.add(index, feats)
-                    if not one.done:
-                        raise RuntimeError(f"frame pipeline returned {one.filled[0]} of "
-                                           f"{r.n_frames} frames")
-                    asm.done.append(r.video_id)
-                    bar.update(r.n_frames)
-                except (OSError, RuntimeError, ValueError) as err:
-                    result["failed"][r.video_id] = f"{type(err).__name__}: {err}"
-                    log.error("video %s: features not extracted: %s", r.video_id, err)
+            _retry_one_by_one(pending, asm, encode, cache, on_video_done, bar, result["failed"])
     finally:
         bar.close()
-    incomplete = [r.video_id for r in pending
-                  if r.video_id not in asm.done and r.video_id not in result["failed"]]
-    for vid in incomplete:
-        result["failed"][vid] = "frame pipeline ended before all frames of this video were seen"
+    for r in pending:
+        if r.video_id not in asm.done and r.video_id not in result["failed"]:
+            result["failed"][r.video_id] = "frame pipeline ended before all frames of this video were seen"
     result["extracted"] = list(asm.done)
     result["frames"] = sum(r.n_frames for r in pending if r.video_id in set(asm.done))
     return result
 
 
-__all__ = ["FeatureCache", "extract_features", "cache_key"]
+# ----------------------------------------------------------------------------- stage 2 entry
+def default_cache_root() -> Path:
+    from affaccel import env
+
+    return env.home() / "features"
+
+
+def load_encoder(checkpoint: str | None = None, model: str | None = None,
+                 pretrained: str | None = None):
+    """The encoder to extract with: an affaccel checkpoint, or an open_clip model (tag or random)."""
+    from affaccel.config import CPU_MODEL, ClipConfig
+    from affaccel.nn.clip import build_encoder, load_encoder_checkpoint
+
+    if checkpoint:
+        if model or pretrained:
+            raise ValueError("--checkpoint already fixes the model; drop --model/--pretrained")
+        return load_encoder_checkpoint(checkpoint)
+    return build_encoder(ClipConfig(model_name=model or CPU_MODEL, pretrained=pretrained)).eval()
+
+
+def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
+                    batch_size: int = 256, device: str = "cpu", splits=("train", "val"), progress=True,
+                    verify: bool = False) -> tuple[Path, dict]:
+    """Extract features for every video of ``data_root`` (default: built-in synthetic set).
+
+    Returns (cache folder of this encoder, summary from ``extract_features``).
+    """
+    from affaccel.data.affwild2 import load_affwild2
+
+    if data_root is None:
+        from affaccel.data.synthetic import ensure_synthetic
+
+        data_root = ensure_synthetic("default")
+    records = list(load_affwild2(data_root, splits=tuple(splits)).videos)
+    encoder = load_encoder(checkpoint, model, pretrained)
+    cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
+    summary = extract_features(records, encoder, cache, batch_size=batch_size, device=device,
+                               progress=progress, verify=verify)
+    return cache.dir, summary
+
+
+__all__ = ["FeatureCache", "extract_features", "cache_key", "default_cache_root", "load_encoder",
+           "extract_dataset"]
