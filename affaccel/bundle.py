@@ -58,6 +58,10 @@ def _encoder_entry(encoder) -> dict:
 def bundle_dict(*, window: WindowConfig, tasks: dict, encoder=None, meta: dict | None = None) -> dict:
     """The bundle as a plain dict. encoder: ClipEncoder (the one the features came from) or
     None; tasks: {task: (TemporalModel, TrainConfig, metrics dict)}."""
+    for t, (model, cfg, _) in tasks.items():
+        if getattr(model, "cfg", cfg.model) != cfg.model:
+            raise ValueError(f"bundle task {t!r}: the TrainConfig's model config {cfg.model} is not "
+                             f"the model's own {model.cfg} (pass the config the run returned)")
     enc = None if encoder is None else _encoder_entry(encoder)
     return {
         "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "encoder": enc, "window": to_dict(window),
@@ -95,8 +99,8 @@ def read_bundle_dict(path: str | Path) -> dict:
 
 def load_bundle(path: str | Path, device: str = "cpu", tasks: list[str] | None = None) -> Bundle:
     """Rebuild the encoder and the temporal model(s) of a bundle, in eval mode on ``device``."""
-    from affaccel.nn.temporal import TemporalModel
     from affaccel.config import TrainConfig
+    from affaccel.nn.temporal import TemporalModel
 
     raw = read_bundle_dict(path)
     encoder = enc_cfg = None

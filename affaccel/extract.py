@@ -15,7 +15,6 @@ import sys
 import time
 
 
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m affaccel.extract", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")

@@ -26,7 +26,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from affaccel.config import finetune_preset
+from affaccel.config import FinetuneConfig, finetune_preset
 from affaccel.stages.finetune import check_aux
 
 

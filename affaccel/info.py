@@ -1,7 +1,6 @@
 """`python -m affaccel.info`: versions, build configuration and available fast paths."""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import platform
 import sys

@@ -14,10 +14,9 @@ def make_bundle(path: Path, tasks=("va", "expr", "au"), seed: int = 0) -> Path:
     import torch
 
     from affaccel.bundle import save_bundle
-    from affaccel.config import WindowConfig
-    from affaccel.nn.clip import TINY_MODEL, ClipConfig, build_encoder
+    from affaccel.config import TINY_MODEL, ClipConfig, WindowConfig, make_config
+    from affaccel.nn.clip import build_encoder
     from affaccel.nn.temporal import TemporalModel
-    from affaccel.train import make_config
 
     torch.manual_seed(seed)
     enc = build_encoder(ClipConfig(model_name=TINY_MODEL, init_seed=seed))

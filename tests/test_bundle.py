@@ -1,17 +1,19 @@
 """One-file bundle: round trip of encoder + temporal models, merging tasks, clear errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from affaccel.bundle import add_task, load_bundle, read_bundle_dict, save_bundle
-from affaccel.config import WindowConfig
-from affaccel.train import make_config
+from affaccel.config import WindowConfig, make_config
 
 
 @pytest.fixture(scope="module")
 def encoders():
-    from affaccel.nn.clip import TINY_MODEL, ClipConfig, build_encoder
+    from affaccel.config import TINY_MODEL, ClipConfig
+    from affaccel.nn.clip import build_encoder
 
     return (build_encoder(ClipConfig(model_name=TINY_MODEL, init_seed=0)).eval(),
             build_encoder(ClipConfig(model_name=TINY_MODEL, init_seed=1)).eval())
@@ -41,6 +43,17 @@ def test_round_trip_gives_identical_outputs(encoders, tmp_path):
     assert b.configs["va"].model == cfg.model
     # plain containers and tensors only: loads with weights_only=True
     torch.load(path, weights_only=True)
+
+
+def test_config_that_does_not_describe_the_model_is_refused(encoders, tmp_path):
+    """A TrainConfig whose model config differs from the model's (the caller's config before
+    the run set in_dim from the features) would rebuild a model the weights do not fit."""
+    va, cfg = temporal("va")
+    stale = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, in_dim=cfg.model.in_dim + 1))
+    with pytest.raises(ValueError, match="model config"):
+        save_bundle(tmp_path / "b.pt", window=WindowConfig(32, 16), encoder=encoders[0],
+                    tasks={"va": (va, stale, {})})
+    assert not (tmp_path / "b.pt").exists()
 
 
 def test_add_task_merges_models_of_the_same_encoder(encoders, tmp_path):

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
-
-from affaccel.nn.clip import (  # noqa: E402
-    TINY_MODEL, ClipConfig, ExpressionHead, FinetuneModel, build_encoder, checkpoint_dict,
-    load_encoder_checkpoint, load_finetune_checkpoint, save_checkpoint,
+from affaccel.config import TINY_MODEL, ClipConfig
+from affaccel.nn.clip import (
+    ExpressionHead,
+    FinetuneModel,
+    build_encoder,
+    checkpoint_dict,
+    load_encoder_checkpoint,
+    load_finetune_checkpoint,
+    save_checkpoint,
 )
 
 
@@ -137,7 +141,7 @@ def test_import_affaccel_does_not_import_open_clip():
     import subprocess
     import sys
 
-    code = ("import sys, affaccel, affaccel.features, affaccel.nn; "
+    code = ("import sys, affaccel, affaccel.stages.features, affaccel.nn; "
             "assert 'open_clip' not in sys.modules and 'torch' not in sys.modules, "
             "[m for m in ('open_clip', 'torch') if m in sys.modules]")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,19 +7,20 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+from clip_fixtures import make_dataset
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
-
-from clip_fixtures import make_dataset  # noqa: E402
-
-from affaccel.finetune import (  # noqa: E402
-    FinetuneConfig, _batch_plan, build_parser, class_weights, config_from_args, evaluate,
-    expr_frames, finetune, macro_f1,
+from affaccel.config import CPU_MODEL, TINY_MODEL, ClipConfig, FinetuneConfig
+from affaccel.finetune import build_parser, config_from_args
+from affaccel.nn.clip import load_encoder_checkpoint, load_finetune_checkpoint
+from affaccel.stages.finetune import (
+    _batch_plan,
+    evaluate,
+    expr_frames,
+    finetune,
+    macro_f1,
 )
-from affaccel.nn.clip import (  # noqa: E402
-    CPU_MODEL, TINY_MODEL, ClipConfig, load_encoder_checkpoint, load_finetune_checkpoint,
-)
+from affaccel.stages.optim import class_weights
 
 CFG = FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=1e-3, batch_size=32, epochs=2,
                      num_threads=1)
@@ -46,8 +47,9 @@ def test_expr_frames_masks_and_strides(records):
 
 
 def test_class_weights_and_batch_plan():
-    w = class_weights(np.array([0, 0, 0, 1]))
-    assert w[0] == pytest.approx(4 / 6) and w[1] == pytest.approx(2.0) and w[5] == 1.0
+    w = class_weights(np.bincount([0, 0, 0, 1], minlength=8))
+    # inverse frequency 4/3 and 4, scaled to mean 1 over the present classes; absent ones: 1
+    assert w[0] == pytest.approx(0.5) and w[1] == pytest.approx(1.5) and w[5] == 1.0
     assert _batch_plan(FinetuneConfig(), 1) == (256, 1)
     assert _batch_plan(FinetuneConfig(micro_batch_size=64), 2) == (64, 2)
     assert macro_f1(np.arange(8), np.arange(8)) == 1.0
@@ -152,7 +154,7 @@ def test_ddp_two_processes_gloo(tmp_path, records):
 
 
 def test_lr_schedule_is_a_function_of_the_step():
-    from affaccel.finetune import lr_at
+    from affaccel.stages.finetune import lr_at
 
     const = FinetuneConfig(lr=0.1)
     assert [lr_at(const, s, 10) for s in (0, 5, 10)] == [0.1, 0.1, 0.1]

@@ -8,20 +8,26 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+from clip_fixtures import make_dataset
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
-
-from clip_fixtures import make_dataset  # noqa: E402
-
-from affaccel.finetune import (  # noqa: E402
-    FinetuneConfig, build_parser, config_from_args, cpu_preset, evaluate, expr_frames,
-    finetune, finetune_frames, multitask_loss,
+from affaccel.config import (
+    CPU_MODEL,
+    TINY_MODEL,
+    ClipConfig,
+    FinetuneConfig,
+    finetune_preset,
 )
-from affaccel.nn.clip import (  # noqa: E402
-    CPU_MODEL, TINY_MODEL, ClipConfig, load_finetune_checkpoint,
+from affaccel.finetune import build_parser, config_from_args
+from affaccel.nn.clip import load_finetune_checkpoint
+from affaccel.stages.finetune import (
+    evaluate,
+    expr_frames,
+    finetune,
+    finetune_frames,
+    multitask_loss,
 )
-from affaccel.video.frames import AUG_GRAY_P, CLIP_MEAN, CLIP_STD, colour_jitter  # noqa: E402
+from affaccel.video.frames import AUG_GRAY_P, CLIP_MEAN, CLIP_STD, colour_jitter
 
 CFG = FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=1e-3, batch_size=32, epochs=1,
                      num_threads=1, aux_tasks=("va", "au"))
@@ -180,7 +186,7 @@ def test_multitask_finetune_saves_aux_head_and_reproduces_scores(tmp_path, recor
 
 
 def test_cpu_preset_and_cli_aux_tasks():
-    cfg = cpu_preset()
+    cfg = finetune_preset("cpu")
     assert cfg.clip.model_name == CPU_MODEL and cfg.aux_tasks == ("va", "au")
     none = config_from_args(build_parser().parse_args(["--aux-tasks", "none"]), cuda=False)
     assert none.aux_tasks == ()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from affaccel import metrics
@@ -36,7 +37,6 @@ def test_ccc_known_values():
 
 
 def test_ccc_accepts_torch():
-    torch = pytest.importorskip("torch")
     x = torch.randn(64, dtype=torch.float64)
     y = x * 0.3 + torch.randn(64, dtype=torch.float64)
     assert metrics.ccc(x, y) == pytest.approx(ccc_formula(x.numpy(), y.numpy()), rel=1e-12)

@@ -19,21 +19,24 @@ def run_python(code: str, **env_vars: str) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
-def test_import_is_light_and_fast():
+def test_import_is_light():
+    """What the import does is counted, not timed (a time bound is flaky on a loaded machine
+    and catches nothing when generous): the standard library and NumPy, nothing else."""
     code = (
-        "import sys, time, json\n"
-        "t = time.perf_counter()\n"
+        "import sys, json\n"
+        "before = set(sys.modules)\n"
         "import affaccel, affaccel.segments, affaccel.env, affaccel._ext\n"
-        "dt = time.perf_counter() - t\n"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "third = sorted(m for m in new if m not in sys.stdlib_module_names and m != 'affaccel')\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
-        "print(json.dumps({'seconds': dt, 'heavy': heavy}))\n"
+        "print(json.dumps({'third_party': third, 'heavy': heavy}))\n"
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["heavy"] == [], f"import affaccel pulled in {result['heavy']}"
-    # NumPy is the only heavy-ish import (~0.1 s); the bound leaves room for a loaded machine.
-    assert result["seconds"] < 2.0, f"import affaccel took {result['seconds']:.2f} s"
+    assert set(result["third_party"]) <= {"numpy"}, (
+        f"import affaccel imports third-party modules besides NumPy: {result['third_party']}")
 
 
 def test_public_names_resolve_lazily():

@@ -4,12 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-
 from predict_support import face_frames, make_bundle, write_video
-
-pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def _run(args):
 def test_csv_and_plot_for_good_videos(setup, tmp_path, capsys):
     import pandas as pd
 
-    from affaccel.predictor import schema_columns
+    from affaccel.inference.table import schema_columns
 
     rc = _run([setup["good"], setup["short"], "--bundle", setup["bundle"], "--out", tmp_path,
                "--plot"])
@@ -99,7 +95,8 @@ def test_module_entry_point_exit_code(setup, tmp_path):
 
 
 def test_output_names_and_box_folder(tmp_path):
-    from affaccel.predict import output_names, resolve_boxes
+    from affaccel.inference.writers import output_names
+    from affaccel.predict import resolve_boxes
 
     assert output_names(["a/x.mp4", "b/x.mp4", "y.webm", "c/x.mkv"]) == ["x", "x_1", "y", "x_2"]
     (tmp_path / "x.boxes.csv").write_text("frame,x,y,w,h\n")

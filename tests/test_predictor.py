@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
+import torch
 from predict_support import STRIDE, WINDOW, face_frames, make_bundle, write_video
 from tolerances import tol
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +16,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(bundle):
-    from affaccel.predictor import AffectPredictor
+    from affaccel.inference.predictor import AffectPredictor
 
     return AffectPredictor.from_bundle(bundle, device="cpu")
 
@@ -42,7 +40,7 @@ def _decoded_timestamps(path):
 
 
 def test_schema_rows_and_nan_frames(predictor, videos):
-    from affaccel.predictor import AU_THRESHOLD, schema_columns
+    from affaccel.inference.table import AU_THRESHOLD, schema_columns
     from affaccel.tasks import ACTION_UNITS, EXPRESSIONS
 
     res = predictor.predict_video(videos["mp4"], batch_size=16)
@@ -71,7 +69,7 @@ def test_schema_rows_and_nan_frames(predictor, videos):
 
 
 def test_streaming_equals_batch_with_bounded_memory(predictor, videos):
-    from affaccel.predictor import StreamingTemporal
+    from affaccel.inference.streaming import StreamingTemporal
 
     a = predictor.predict_video(videos["mp4"], batch_size=16).frame
     b = predictor.predict_video(videos["mp4"], batch_size=5, stream=True).frame
@@ -133,7 +131,7 @@ def test_predict_videos_batches_across_videos(predictor, videos, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_text("not a video")
     out = predictor.predict_videos([videos["mp4"], bad, short], errors="return")
-    from affaccel.predictor import VideoFailure
+    from affaccel.inference.predictor import VideoFailure
 
     assert isinstance(out[1], VideoFailure) and "bad.mp4" in out[1].video
     assert "not a readable video" in out[1].reason
@@ -194,7 +192,7 @@ def test_corrupt_file_keeps_the_frames_decoded_before_the_damage(predictor, vide
 
 
 def test_argument_errors(predictor, bundle):
-    from affaccel.predictor import AffectPredictor, NoFramesError
+    from affaccel.inference.predictor import AffectPredictor, NoFramesError
 
     with pytest.raises(ValueError, match=r"features: expected \[T, "):
         predictor.predict_video(None, features=torch.zeros(5, 3))
@@ -213,7 +211,7 @@ def test_argument_errors(predictor, bundle):
 
 
 def test_bundle_without_some_tasks_omits_their_columns(tmp_path):
-    from affaccel.predictor import AffectPredictor
+    from affaccel.inference.predictor import AffectPredictor
 
     p = AffectPredictor.from_bundle(make_bundle(tmp_path / "va.pt", tasks=("va",)), device="cpu")
     df = p.predict_video(None, features=torch.randn(10, p.feature_dim)).frame
@@ -236,8 +234,8 @@ def test_synthetic_raw_video_matches_validation_path(predictor, synthetic, ext):
     import json
 
     from affaccel.faces.boxes import read_boxes_csv
-    from affaccel.train import predict_frames
-    from affaccel.training_data import VideoSeq, WindowSet
+    from affaccel.stages.temporal import predict_frames
+    from affaccel.stages.windows import VideoSeq, WindowSet
     from affaccel.video.crop import crop_faces
     from affaccel.video.decode import iter_video
 
@@ -275,7 +273,7 @@ def test_synthetic_raw_video_matches_validation_path(predictor, synthetic, ext):
 def test_cuda_matches_cpu(bundle, predictor, videos):
     """GPU path (DALI crop, fp32 encoder) against the CPU path, same boxes. (bf16, the CUDA
     default, changes features by ~1e-2 relative; its effect is model-dependent, so not asserted.)"""
-    from affaccel.predictor import AffectPredictor
+    from affaccel.inference.predictor import AffectPredictor
 
     cpu = predictor.predict_video(videos["mp4"]).frame
     boxes = cpu[["face_x", "face_y", "face_w", "face_h"]].to_numpy(np.float64)

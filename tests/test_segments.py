@@ -1,6 +1,13 @@
-"""The window engine (affaccel.segments, C++ in csrc/segments.cpp) against its NumPy references."""
+"""The window engine (affaccel.segments, C++ in csrc/segments.cpp) against its NumPy references.
+
+Parity tests (C++ output == NumPy reference) take the `ext` fixture: the extension is required
+(`pip install .` builds it; missing, it fails the test) and must have run. Behaviour tests
+(errors, shapes, dtypes, invariants, hand-computed values) take `engine` and run on both the
+C++ engine and the NumPy fallback that installs without the extension use.
+"""
 from __future__ import annotations
 
+import collections
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,21 +17,52 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from affaccel import _ext, segments as S
 from tolerances import tol
+
+from affaccel import _ext
+from affaccel import segments as S
 
 HYP = settings(max_examples=40, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.function_scoped_fixture])
 W, STRIDE = 300, 200
 
 
+class _CountingExtension:
+    """affaccel._C with every call counted (a stand-in for what _ext.load() returns)."""
+
+    def __init__(self, mod):
+        self._mod = mod
+        self.calls = collections.Counter()
+
+    def __getattr__(self, name):
+        fn = getattr(self._mod, name)
+        if not callable(fn):
+            return fn
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+
+@pytest.fixture
+def ext(monkeypatch):
+    """Parity tests: the C++ engine, required, and checked to have run afterwards, so that no
+    parity test compares the NumPy reference with itself."""
+    spy = _CountingExtension(_ext.load())  # a missing/disabled extension fails here, with the hint
+    monkeypatch.setattr(_ext, "load", lambda: spy)
+    assert S._use_ext()
+    yield spy.calls
+    assert sum(spy.calls.values()) > 0, "the C++ extension never ran in this parity test"
+
+
 @pytest.fixture(params=["ext", "ref"])
 def engine(request, monkeypatch):
-    """Run a test once through the C++ engine and once through the NumPy fallback."""
+    """Behaviour tests: once through the C++ engine (required) and once through the NumPy
+    fallback."""
     if request.param == "ext":
-        if not _ext.available():
-            pytest.skip(f"affaccel._C not available: {_ext.load_error()}")
+        _ext.load()
+        assert S._use_ext()
     else:
         monkeypatch.setattr(S, "_use_ext", lambda: False)
     return request.param
@@ -91,12 +129,19 @@ BOUNDARY_N = [1, W - 1, W, W + 1, 3 * STRIDE + W, 3 * STRIDE + W + 1, 2 * STRIDE
 
 @pytest.mark.parametrize("n", BOUNDARY_N)
 @pytest.mark.parametrize("w, s", [(W, STRIDE), (W, W), (7, 1)])
-def test_assemble_boundaries(engine, n, w, s):
+def test_assemble_boundaries_match_reference(ext, n, w, s):
     x = rand((n, 3), seed=n)
     windows, mask = S.assemble_windows(x, w, s)
     ref_w, ref_m = S.assemble_windows_ref(x, w, s)
     np.testing.assert_array_equal(windows, ref_w)
     np.testing.assert_array_equal(mask, ref_m)
+
+
+@pytest.mark.parametrize("n", BOUNDARY_N)
+@pytest.mark.parametrize("w, s", [(W, STRIDE), (W, W), (7, 1)])
+def test_assemble_boundaries(engine, n, w, s):
+    x = rand((n, 3), seed=n)
+    windows, mask = S.assemble_windows(x, w, s)
     starts = S.plan_windows(n, w, s)
     assert windows.shape == (len(starts), w, 3) and mask.shape == (len(starts), w)
     for i, a in enumerate(starts):  # content check independent of the reference
@@ -107,7 +152,7 @@ def test_assemble_boundaries(engine, n, w, s):
 
 
 @pytest.mark.parametrize("d", [1, 2, 4099])
-def test_assemble_feature_width(engine, d):
+def test_assemble_feature_width(ext, d):
     x = rand((457, d), "float16", seed=d)
     windows, mask = S.assemble_windows(x, W, STRIDE)
     ref_w, ref_m = S.assemble_windows_ref(x, W, STRIDE)
@@ -119,7 +164,7 @@ def test_assemble_feature_width(engine, d):
 @given(lengths=st.lists(st.integers(1, 700), min_size=1, max_size=5), w=st.integers(1, 320),
        d=st.integers(1, 9), dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
        data=st.data())
-def test_assemble_batch_parity(engine, lengths, w, d, dtype, data):
+def test_assemble_batch_parity(ext, lengths, w, d, dtype, data):
     s = data.draw(st.integers(1, w))
     feats = [rand((n, d), dtype, seed=i) for i, n in enumerate(lengths)]
     windows, mask, index = S.assemble_windows_batch(feats, w, s)
@@ -140,17 +185,19 @@ def test_assemble_batch_parity(engine, lengths, w, d, dtype, data):
 def test_assemble_dtypes_kept(engine, dtype):
     x = rand((777, 5), dtype)
     windows, mask = S.assemble_windows(x, W, STRIDE)
+    # the values against torch's unfold (assemble_windows_torch), which neither engine uses
     if dtype == "bfloat16":
         assert windows.dtype == torch.bfloat16 and mask.dtype == torch.bool
         ref, _ = S.assemble_windows_torch(x, W, STRIDE)
         assert torch.equal(windows, ref)
     else:
         assert windows.dtype == np.dtype(dtype) and mask.dtype == bool
-        np.testing.assert_array_equal(windows, S.assemble_windows_ref(x, W, STRIDE)[0])
+        ref, _ = S.assemble_windows_torch(torch.from_numpy(x), W, STRIDE)
+        np.testing.assert_array_equal(windows, ref.numpy())
 
 
 @pytest.mark.parametrize("view", ["rows", "cols", "transposed", "reversed", "both"])
-def test_assemble_non_contiguous(engine, view):
+def test_assemble_non_contiguous(ext, view):
     base = rand((900, 12), "float16", seed=3)
     x = {"rows": base[::2], "cols": base[:, ::3], "transposed": np.ascontiguousarray(base.T).T,
          "reversed": base[::-1], "both": base[::-3, 1::2]}[view]
@@ -189,7 +236,7 @@ def test_assemble_torch_matches_reference_and_is_differentiable():
         np.testing.assert_array_equal(x.grad[:, 0].numpy(), counts)
 
 
-def test_gather_from_memmap_in_any_order(engine, tmp_path):
+def test_gather_from_memmap_in_any_order(ext, tmp_path):
     lengths = [1000, 50, 420]
     paths = []
     for i, n in enumerate(lengths):
@@ -202,11 +249,22 @@ def test_gather_from_memmap_in_any_order(engine, tmp_path):
     np.testing.assert_array_equal(windows, ref_w)
     np.testing.assert_array_equal(mask, ref_m)
     assert windows.dtype == np.float16 and mask[:, 0].all()
+
+
+def test_gather_content_dtype_and_empty_index(engine, tmp_path):
+    feats = [rand((n, 5), "float16", seed=n) for n in (40, 7)]
+    np.save(tmp_path / "v.npy", feats[0])
+    feats[0] = np.load(tmp_path / "v.npy", mmap_mode="r")
+    windows, mask = S.gather_windows(feats, [[1, 3], [0, 39], [0, 0]], 10)
+    assert windows.dtype == np.float16 and windows.shape == (3, 10, 5) and mask.dtype == bool
+    for row, (v, a) in enumerate([(1, 3), (0, 39), (0, 0)]):
+        n = min(10, len(feats[v]) - a)
+        np.testing.assert_array_equal(windows[row, :n], feats[v][a:a + n])
+        assert not windows[row, n:].any() and mask[row, :n].all() and not mask[row, n:].any()
     empty_w, empty_m = S.gather_windows(feats, np.zeros((0, 2), np.int64), W)
-    assert empty_w.shape == (0, W, 16) and empty_m.shape == (0, W)
+    assert empty_w.shape == (0, W, 5) and empty_m.shape == (0, W)
 
 
-@pytest.mark.skipif(not _ext.available(), reason="needs affaccel._C")
 def test_extension_writes_every_element():
     """Outputs pre-filled with NaN / True: any element the C++ code skips would show."""
     feats = [rand((n, 6), seed=n) for n in (5, 301, 999)]
@@ -244,7 +302,7 @@ def test_window_weights_positive_and_peaked():
 @given(lengths=st.lists(st.integers(1, 800), min_size=1, max_size=4), w=st.integers(1, 320),
        k=st.integers(1, 5), dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
        weighting=st.sampled_from(S.WEIGHTINGS), shuffle=st.booleans(), data=st.data())
-def test_overlap_average_batch_parity(engine, lengths, w, k, dtype, weighting, shuffle, data):
+def test_overlap_average_batch_parity(ext, lengths, w, k, dtype, weighting, shuffle, data):
     s = data.draw(st.integers(1, w))
     index = S._plan_index(lengths, w, s)
     if shuffle:  # windows may come in any order (e.g. from a shuffled loader)
@@ -260,18 +318,34 @@ def test_overlap_average_batch_parity(engine, lengths, w, k, dtype, weighting, s
         np.testing.assert_allclose(o, r, **tol("float32"))
 
 
+def _padded_preds(n, w, s, garbage):
+    starts = S.plan_windows(n, w, s)
+    preds = rand((len(starts), w, 2), seed=n)
+    for i, a in enumerate(starts):  # positions past the video's end (padding)
+        preds[i, n - a:] = garbage
+    return starts, preds
+
+
 @pytest.mark.parametrize("n", BOUNDARY_N)
 @pytest.mark.parametrize("w, s", [(W, STRIDE), (W, W), (7, 1)])
 @pytest.mark.parametrize("weighting", S.WEIGHTINGS)
-def test_overlap_average_boundaries_and_padding_ignored(engine, n, w, s, weighting):
-    starts = S.plan_windows(n, w, s)
-    preds = rand((len(starts), w, 2), seed=n)
-    for i, a in enumerate(starts):  # padding holds garbage: it must never count
-        preds[i, n - a:] = 1e30
+def test_overlap_average_boundaries_match_reference(ext, n, w, s, weighting):
+    starts, preds = _padded_preds(n, w, s, 1e30)
     out = S.overlap_average(preds, starts, n, weighting)
     np.testing.assert_allclose(out, S.overlap_average_ref(preds, starts, n, weighting),
                                **tol("float32"))
-    assert np.isfinite(out).all() and np.abs(out).max() < 10
+
+
+@pytest.mark.parametrize("n", BOUNDARY_N)
+@pytest.mark.parametrize("w, s", [(W, STRIDE), (W, W), (7, 1)])
+@pytest.mark.parametrize("weighting", S.WEIGHTINGS)
+def test_overlap_average_padding_ignored(engine, n, w, s, weighting):
+    """Padding holds garbage (1e30) or zeros: the average is the same bits either way."""
+    starts, garbage = _padded_preds(n, w, s, 1e30)
+    _, zeros = _padded_preds(n, w, s, 0.0)
+    out = S.overlap_average(garbage, starts, n, weighting)
+    np.testing.assert_array_equal(out, S.overlap_average(zeros, starts, n, weighting))
+    assert out.shape == (n, 2) and np.isfinite(out).all() and np.abs(out).max() < 10
 
 
 @pytest.mark.parametrize("weighting", S.WEIGHTINGS)
@@ -344,7 +418,7 @@ def test_concurrent_calls_agree(engine):
         assert all(pool.map(job, range(8)))
 
 
-def test_thread_count_does_not_change_results(engine, monkeypatch):
+def test_thread_count_does_not_change_results(ext, monkeypatch):
     lengths = [2000, 777]
     feats = [rand((n, 32), seed=n) for n in lengths]
     index = S._plan_index(lengths, W, STRIDE)
@@ -411,7 +485,6 @@ def test_bad_input_raises_value_error_naming_it(engine, needle, call):
         call()
 
 
-@pytest.mark.skipif(not _ext.available(), reason="needs affaccel._C")
 def test_extension_rejects_bad_calls_without_crashing():
     """The C++ entry points check everything themselves (callers may skip segments.py)."""
     C = _ext.load()
@@ -467,7 +540,7 @@ def test_cuda_tensors_take_the_torch_path():
                                **tol("float32"))
 
 
-def test_large_output_streaming_path(engine):
+def test_large_output_streaming_path(ext):
     """Outputs >= 32 MB take the non-temporal-store copy; D odd so window rows are unaligned."""
     x = rand((1600, 7001), "float16", seed=11)
     windows, mask = S.assemble_windows(x)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from affaccel.config import from_dict, to_dict
-from affaccel.nn.temporal import TemporalConfig, TemporalModel, sinusoidal_encoding
+from affaccel.config import TemporalConfig, from_dict, to_dict
+from affaccel.nn.temporal import TemporalModel, sinusoidal_encoding
 
 
 def small(task="va", **kw) -> TemporalConfig:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tolerances import tol
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -95,8 +94,8 @@ def test_naive_temporal_model_matches_affaccel(tmp_path):
     """The eager nn.Conv1d+chomp model loads the TemporalModel's state dict and agrees."""
     import torch
 
+    from affaccel.config import make_config
     from affaccel.nn.temporal import TemporalModel
-    from affaccel.train import make_config
 
     naive = _load("_naive_pipeline")
     torch.manual_seed(0)
@@ -133,9 +132,9 @@ def test_prefetch_keeps_order_and_reraises():
 
 def test_stage_timers_restore_the_predictor(tmp_path):
     import torch
-
-    from affaccel.predictor import AffectPredictor
     from predict_support import make_bundle
+
+    from affaccel.inference.predictor import AffectPredictor
 
     tp = _load("throughput")
     pred = AffectPredictor.from_bundle(make_bundle(tmp_path / "b.pt"), device="cpu")

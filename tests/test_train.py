@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from affaccel.train import (TrainConfig, load_checkpoint, make_config, model_from_checkpoint, task_loss,
-                            train)
-from affaccel.training_data import VideoSeq, WindowSet
+from affaccel.config import TrainConfig, make_config
+from affaccel.stages.temporal import (
+    load_checkpoint,
+    model_from_checkpoint,
+    task_loss,
+    train,
+)
+from affaccel.stages.windows import VideoSeq, WindowSet
 
 D = 16
 
@@ -151,9 +156,9 @@ def test_ddp_two_process_gloo(tmp_path):
         "import torch\n"
         "from test_train import toy_videos, tiny_cfg\n"
         "from affaccel import distributed\n"
-        "import affaccel.train as T\n"
+        "import affaccel.stages.temporal as T\n"
         "seen = []\n"
-        "from affaccel.training_data import WindowSet\n"
+        "from affaccel.stages.windows import WindowSet\n"
         "_batch = WindowSet.batch\n"
         "def batch(self, rows):\n"
         "    if self.stride == 8: seen.extend(int(r) for r in rows)\n"
@@ -219,10 +224,9 @@ def test_main_job_end_to_end_on_tiny_synthetic_set(tiny_home, capsys):
     assert b.tasks == ["va"] and b.encoder is not None and b.window.window == 32
     from affaccel.data.affwild2 import load_affwild2
     from affaccel.data.synthetic import ensure_synthetic
-    from affaccel.features import FeatureCache
-    from affaccel.extract import default_cache_root
-    from affaccel.train import predict_frames
-    from affaccel.training_data import WindowSet, sequences_from_records
+    from affaccel.stages.features import FeatureCache, default_cache_root
+    from affaccel.stages.temporal import predict_frames
+    from affaccel.stages.windows import WindowSet, sequences_from_records
 
     cache = FeatureCache.for_encoder(default_cache_root(), b.encoder)
     val = load_affwild2(ensure_synthetic("tiny"), tasks=("va",), splits=("val",)).videos

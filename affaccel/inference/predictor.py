@@ -227,7 +227,6 @@ class AffectPredictor:
         the frames not yet final, and the side data (boxes, timestamps) of those frames.
         Raises NoFramesError when the input has no frames.
         """
-        import pandas as pd
 
         stream = StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
                                    weighting=weighting or self.weighting, max_batch=self.window_batch)

@@ -38,7 +38,11 @@ def predict_frames(models: Mapping[str, Any], features: Sequence[Any], window: i
     """
     import torch
 
-    from affaccel.segments import gather_windows, overlap_average_batch, plan_windows_batch
+    from affaccel.segments import (
+        gather_windows,
+        overlap_average_batch,
+        plan_windows_batch,
+    )
 
     if not features:
         return []

@@ -27,7 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from affaccel.config import CPU_MODEL, REGISTERED_MODELS, TINY_MODEL, ClipConfig, from_dict, to_dict
+from affaccel.config import (
+    CPU_MODEL,
+    REGISTERED_MODELS,
+    TINY_MODEL,
+    ClipConfig,
+    from_dict,
+    to_dict,
+)
 from affaccel.device import autocast, resolve_precision
 from affaccel.io_utils import atomic_torch_save
 

@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affaccel.ops.causal_conv import ACTIVATIONS, activation_ref, causal_conv1d, causal_conv1d_ref
+from affaccel.ops.causal_conv import (
+    ACTIVATIONS,
+    activation_ref,
+    causal_conv1d,
+    causal_conv1d_ref,
+)
 
 
 def _check_activation(activation):

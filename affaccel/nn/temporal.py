@@ -41,7 +41,9 @@ class TemporalModel(nn.Module):
         self.cfg = cfg.validate()
         width = cfg.width
         if cfg.use_tcn:
-            from affaccel.nn.tcn import TCN  # fused Triton path on GPU, reference on CPU
+            from affaccel.nn.tcn import (
+                TCN,  # fused Triton path on GPU, reference on CPU
+            )
 
             self.front = TCN(cfg.in_dim, [int(c) for c in cfg.tcn_channels], kernel_size=cfg.tcn_kernel,
                              dropout=cfg.dropout)

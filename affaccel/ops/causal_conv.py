@@ -15,12 +15,16 @@ residual [B, T, C_out], y [B, T, C_out].
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from affaccel import env
-from affaccel.ops._dispatch import load_kernels, triton_importable, triton_mode, use_triton  # noqa: F401
+from affaccel.ops._dispatch import (  # noqa: F401
+    load_kernels,
+    triton_importable,
+    triton_mode,
+    use_triton,
+)
 
 # activation name -> code understood by the kernels (kernels/tcn_conv.py ACT_*)
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2, "leaky_relu": 3}

@@ -170,8 +170,8 @@ def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, d
     the best checkpoint."""
     import torch
 
-    from affaccel.metrics import au_metrics, va_metrics
     from affaccel.device import autocast
+    from affaccel.metrics import au_metrics, va_metrics
 
     aux = check_aux(cfg.aux_tasks)
     labels = np.asarray(labels)

@@ -89,7 +89,11 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
 # ----------------------------------------------------------------------------- stage 2: features
 def feature_stage(records: Sequence, encoder, progress: bool):
     """Features of every frame of every record in the feature cache; returns (cache, failed ids)."""
-    from affaccel.stages.features import FeatureCache, default_cache_root, extract_features
+    from affaccel.stages.features import (
+        FeatureCache,
+        default_cache_root,
+        extract_features,
+    )
 
     cache = FeatureCache.for_encoder(default_cache_root(), encoder)
     batch = 256 if resolve_device().type == "cuda" else 64
@@ -159,7 +163,7 @@ def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
     if not distributed.is_main():
         return result, None
     bundle = save_bundle(run_dir / "bundle.pt", window=cfg.window, encoder=prep.encoder,
-                         tasks={job.task: (result.model, cfg, result.metrics)},
+                         tasks={job.task: (result.model, result.config, result.metrics)},
                          meta={"data_root": str(prep.root), "preset": prep.preset, "finetuned": job.finetune})
     write_final_metrics(run_dir, job.task, result.metrics, result.best_epoch, bundle,
                         extra={"seconds": prep.seconds, "preset": prep.preset, "data_root": str(prep.root)})
