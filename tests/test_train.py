@@ -194,7 +194,8 @@ def test_ddp_two_process_gloo(tmp_path):
         "info = distributed.get_info()\n"
         "h = hashlib.sha256()\n"
         "for t in T._unwrap(res.model).state_dict().values(): h.update(t.detach().cpu().numpy().tobytes())\n"
-        f"open({str(tmp_path)!r} + f'/rank{{info.rank}}.txt', 'w').write(h.hexdigest() + ' ' + ','.join(map(str, sorted(set(seen)))) + ' ' + str(info.world_size))\n"
+        "line = ' '.join([h.hexdigest(), ','.join(map(str, sorted(set(seen)))), str(info.world_size)])\n"
+        f"open({str(tmp_path)!r} + f'/rank{{info.rank}}.txt', 'w').write(line)\n"
         "distributed.cleanup()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
