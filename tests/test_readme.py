@@ -21,3 +21,10 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in readme
     assert test_cmd in ci
     assert "python3 -m venv" in ci
+
+
+def test_ci_runs_the_linter_configured_in_pyproject():
+    ci = (ROOT / ".ci" / "run").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "ruff check ." in ci and "[tool.ruff" in pyproject
+    assert '"ruff' in pyproject.split("[project.optional-dependencies]")[1].split("[tool")[0]
