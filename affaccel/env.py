@@ -19,7 +19,8 @@ VARIABLES = {
     ),
     "AFFACCEL_TRITON_INTERPRET": (
         "0",
-        "1 runs the Triton kernels on CPU tensors through Triton's interpreter (tests)",
+        "1 runs the Triton kernels on CPU tensors through Triton's interpreter (tests); Triton's own "
+        "TRITON_INTERPRET=1 must be set too, before Python starts (affaccel does not set it)",
     ),
     "AFFACCEL_FORCE_REFERENCE": (
         "0",

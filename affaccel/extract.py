@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m affaccel.extract", description=__doc__.split("\n")[0])
     p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
     p.add_argument("--checkpoint", help="affaccel CLIP checkpoint (e.g. the fine-tuned best.pt)")
-    p.add_argument("--model", help="open_clip model name when no checkpoint (default: affaccel-rn-tiny, the CPU preset)")
+    p.add_argument("--model", help="open_clip model name when no checkpoint "
+                   "(default: affaccel-rn-tiny, the CPU preset)")
     p.add_argument("--pretrained", help="open_clip pretrained tag (needs the model hub)")
     p.add_argument("--cache", help="feature cache root (default: AFFACCEL_HOME/features)")
     p.add_argument("--batch-size", type=int, default=256)

@@ -12,20 +12,26 @@ weights, and runs every video with plain, obvious code:
     -> eager temporal model on batches of 32 windows
     -> Python loop averaging the overlapping window predictions per frame.
 
-Nothing in here imports affaccel: face boxes come in as data (the same array the optimized
-pipeline gets), or from a caller-given ``track(frame)`` function in detection mode, so the face
-stage does the same work in both pipelines.
+Nothing in here imports affaccel (only the bench-local stage clock of ``_machine``): face
+boxes come in as data (the same array the optimized pipeline gets), or from a caller-given
+``track(frame)`` function in detection mode, so the face stage does the same work in both
+pipelines.
 """
 from __future__ import annotations
 
 import json
 import math
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import StageClock  # noqa: E402
 
 TINY_CONFIG_DIR = Path(__file__).resolve().parents[1] / "affaccel" / "nn" / "model_configs"
 # column count per task, and how raw outputs become predictions
@@ -189,52 +195,68 @@ def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float =
     # then to a 0..1 tensor, then normalise
     tf = T.Compose([T.Resize((models.size, models.size), T.InterpolationMode.BILINEAR),
                     T.ToTensor(), T.Normalize(models.mean, models.std)])
-    st = dict.fromkeys(("decode", "faces", "encoder", "temporal", "averaging"), 0.0)
+    clock = StageClock(("decode", "faces", "encoder", "temporal", "averaging"))
 
     feats, found, pending = [], [], []
 
     def encode_pending():
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            f = models.clip.encode_image(torch.stack(pending).to(dev))
-            if models.normalize:
-                f = torch.nn.functional.normalize(f, dim=-1)
-            feats.extend(f.float().cpu())
-        sync()
-        st["encoder"] += time.perf_counter() - t0
+        with clock("encoder"):
+            with torch.no_grad():
+                f = models.clip.encode_image(torch.stack(pending).to(dev))
+                if models.normalize:
+                    f = torch.nn.functional.normalize(f, dim=-1)
+                feats.extend(f.float().cpu())
+            sync()
         pending.clear()
 
     with av.open(str(path)) as container:
         frames = container.decode(video=0)
         i = 0
         while True:
-            t0 = time.perf_counter()
-            frame = next(frames, None)
+            with clock("decode"):
+                frame = next(frames, None)
+                img = frame.to_image() if frame is not None else None
             if frame is None:
                 break
-            img = frame.to_image()
-            t1 = time.perf_counter()
-            st["decode"] += t1 - t0
-            if track is not None:
-                box = track(np.asarray(img))
-            else:
-                box = boxes[i] if boxes is not None and i < len(boxes) else None
-            ok = box is not None and not np.isnan(box).any() and box[2] > 0 and box[3] > 0
-            if ok:
-                pending.append(tf(square_crop(img, box, expand)))
-            found.append(ok)
-            st["faces"] += time.perf_counter() - t1
+            with clock("faces"):
+                if track is not None:
+                    box = track(np.asarray(img))
+                else:
+                    box = boxes[i] if boxes is not None and i < len(boxes) else None
+                ok = box is not None and not np.isnan(box).any() and box[2] > 0 and box[3] > 0
+                if ok:
+                    pending.append(tf(square_crop(img, box, expand)))
+                found.append(ok)
             if len(pending) == clip_batch:
                 encode_pending()
             i += 1
     if pending:
         encode_pending()
 
-    # frames without a face get the previous face frame's feature (leading ones the first's)
     n = len(found)
     if not any(found):
-        return {t: np.full((n, TASK_DIMS[t]), np.nan) for t in models.models}, st
-    t0 = time.perf_counter()
+        return {t: np.full((n, TASK_DIMS[t]), np.nan) for t in models.models}, clock.s
+    with clock("averaging"):
+        starts, wins, masks = _windows(feats, found, models.window, models.stride)
+
+    out = {}
+    for task, model in models.models.items():
+        with clock("temporal"):
+            preds = []
+            with torch.no_grad():
+                for b in range(0, len(wins), window_batch):
+                    xb = torch.stack(wins[b:b + window_batch]).to(dev)
+                    mb = torch.stack(masks[b:b + window_batch]).to(dev)
+                    preds.extend(model(xb, mb).float().cpu().numpy())
+            sync()
+        with clock("averaging"):
+            out[task] = _average(starts, preds, n, models.window, TASK_DIMS[task], found)
+    return out, clock.s
+
+
+def _windows(feats, found, w: int, s: int):
+    """Frames without a face get the previous face frame's feature (leading ones the first's);
+    then the windows: (starts, windows [w, D] zero-padded, masks [w] bool)."""
     rows, k, last = [], 0, feats[0]
     for ok in found:
         if ok:
@@ -242,10 +264,10 @@ def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float =
             k += 1
         rows.append(last)
     x = torch.stack(rows)                                      # [T, D]
+    n = len(found)
 
     # windows: 0, s, 2s, ... while they fit; one more ending on the last frame if needed;
     # a video shorter than w is one window padded with zeros
-    w, s = models.window, models.stride
     starts = list(range(0, n - w + 1, s)) if n >= w else [0]
     if n >= w and starts[-1] + w < n:
         starts.append(n - w)
@@ -258,31 +280,20 @@ def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float =
         m[:ln] = True
         wins.append(win)
         masks.append(m)
-    st["averaging"] += time.perf_counter() - t0
+    return starts, wins, masks
 
-    out = {}
-    for task, model in models.models.items():
-        t0 = time.perf_counter()
-        preds = []
-        with torch.no_grad():
-            for b in range(0, len(wins), window_batch):
-                xb = torch.stack(wins[b:b + window_batch]).to(dev)
-                mb = torch.stack(masks[b:b + window_batch]).to(dev)
-                preds.extend(model(xb, mb).float().cpu().numpy())
-        sync()
-        t1 = time.perf_counter()
-        st["temporal"] += t1 - t0
-        total = np.zeros((n, TASK_DIMS[task]))
-        count = np.zeros(n)
-        for a, p in zip(starts, preds):
-            ln = min(w, n - a)
-            total[a:a + ln] += p[:ln]
-            count[a:a + ln] += 1
-        avg = total / count[:, None]
-        avg[~np.asarray(found)] = np.nan
-        out[task] = avg
-        st["averaging"] += time.perf_counter() - t1
-    return out, st
+
+def _average(starts, preds, n: int, w: int, k: int, found) -> np.ndarray:
+    """Python loop averaging window predictions [w, K] per frame -> [n, K], NaN without a face."""
+    total = np.zeros((n, k))
+    count = np.zeros(n)
+    for a, p in zip(starts, preds):
+        ln = min(w, n - a)
+        total[a:a + ln] += p[:ln]
+        count[a:a + ln] += 1
+    avg = total / count[:, None]
+    avg[~np.asarray(found)] = np.nan
+    return avg
 
 
 def describe() -> str:

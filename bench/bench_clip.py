@@ -20,24 +20,17 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import wall_clock  # noqa: E402
 
 VIT_B16_GFLOP = 35.2       # per 224 px frame, forward (DESIGN.md)
 H100_BF16_TFLOPS = 790.0   # dense bf16 (DESIGN.md, measured on the reference GPU)
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (pipeline build, allocator, caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _flops_per_frame(encoder) -> float:
@@ -58,10 +51,10 @@ def _flops_per_frame(encoder) -> float:
 def bench_model(name: str, records, n_frames: int, batch: int, device: str, repeats: int) -> list[dict]:
     import torch
 
-    from affaccel.stages.features import FeatureCache, extract_features
     from affaccel.config import ClipConfig
     from affaccel.device import autocast
     from affaccel.nn.clip import build_encoder
+    from affaccel.stages.features import FeatureCache, extract_features
 
     enc = build_encoder(ClipConfig(model_name=name)).eval()
     gflop = _flops_per_frame(enc)
@@ -76,7 +69,7 @@ def bench_model(name: str, records, n_frames: int, batch: int, device: str, repe
                 enc(x)
         sync()
 
-    t = _median_time(encoder_only, repeats)
+    t = wall_clock(encoder_only, repeats).median
     frames = max(1, n_frames // batch) * batch
     fps = frames / t
     row = {"model": name, "row": "encoder", "size": enc.image_size, "frames_per_s": fps,
@@ -87,7 +80,7 @@ def bench_model(name: str, records, n_frames: int, batch: int, device: str, repe
 
     # End to end on the first n_frames frames of the synthetic set (cut into short "videos"),
     # into a fresh cache each time; includes hashing the weights for the cache check.
-    t_id = _median_time(enc.identity, repeats)
+    t_id = wall_clock(enc.identity, repeats).median
     for backend, label in (("auto", "extract"), ("reference", "extract-ref")):
         def run():
             with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +88,7 @@ def bench_model(name: str, records, n_frames: int, batch: int, device: str, repe
                 out = extract_features(records, enc, cache, batch_size=batch, device=device,
                                        progress=False, backend=backend)
                 assert out["frames"] == sum(r.n_frames for r in records), out
-        t = _median_time(run, repeats)
+        t = wall_clock(run, repeats).median
         rows.append({"model": name, "row": label, "size": enc.image_size,
                      "frames_per_s": sum(r.n_frames for r in records) / t,
                      "identity_hash_s": t_id})

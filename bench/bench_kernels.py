@@ -31,9 +31,7 @@ import datetime as dt
 import importlib.util
 import io
 import os
-import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -41,11 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_model, git_commit  # noqa: E402
-
 import torch  # noqa: E402
 
 from affaccel.io_utils import atomic_write_text  # noqa: E402
+
+from _machine import cpu_model, git_commit, gpu_median_ms, wall_clock  # noqa: E402
 
 GPU_CSV = ROOT / "bench" / "results" / "kernels.csv"
 CPU_CSV = ROOT / "bench" / "results" / "kernels_cpu.csv"
@@ -166,8 +164,6 @@ def _capture(fn):
 
 
 def bench_ccc_gpu(quick: bool):
-    from triton.testing import do_bench
-
     import affaccel.ops.concordance as C
 
     rep = 30 if quick else 200
@@ -180,7 +176,7 @@ def bench_ccc_gpu(quick: bool):
     rows = []
 
     def med(fn, **kw):
-        return float(do_bench(fn, rep=rep, return_mode="median", **kw))
+        return gpu_median_ms(fn, rep=rep, **kw)
 
     for red in ("global", "per_window"):
         case = f"{B}x{T}x{K} {red} masked"
@@ -282,17 +278,6 @@ def run_tcn_rows(quick: bool):
 
 
 # --------------------------------------------------------------------------- CPU
-def cpu_time(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def bench_ccc_cpu(repeats: int):
     """Sanity numbers only: the reference and the textbook eager loss on CPU, float32."""
     import affaccel.ops.concordance as C
@@ -306,15 +291,13 @@ def bench_ccc_cpu(repeats: int):
         case = f"{B}x{T}x{K} {red} masked"
         for impl, f in (("eager reference", lambda: C.ccc_loss_ref(x, y, m, red)),
                         ("eager textbook", lambda: ccc_loss_textbook(x, y, m, red))):
-            fwd = cpu_time(lambda: f(), repeats)
-
             def both():
                 x.grad = None
                 f().backward()
 
-            rows.append(row(case, "fp32", impl, "fwd", fwd, "CPU wall clock"))
-            rows.append(row(case, "fp32", impl, "fwd+bwd", cpu_time(both, repeats),
-                            "CPU wall clock"))
+            for pass_, fn in (("fwd", f), ("fwd+bwd", both)):
+                ms = wall_clock(fn, repeats, warmup=5).median * 1e3
+                rows.append(row(case, "fp32", impl, pass_, ms, "CPU wall clock"))
     return rows
 
 
@@ -362,7 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=50, help="CPU timing repeats")
     args = ap.parse_args(argv)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    meta = {"date": date, "commit": git_commit("kernels", "affaccel/ops", "affaccel/nn", "bench"), "torch": torch.__version__}
+    meta = {"date": date, "commit": git_commit("kernels", "affaccel/ops", "affaccel/nn", "bench"),
+            "torch": torch.__version__}
 
     if not torch.cuda.is_available():
         print("No CUDA GPU found: the speed targets (" + TARGETS + ") need an H100/H200 GPU and "

@@ -20,9 +20,7 @@ import csv
 import datetime as dt
 import io
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_model, git_commit  # noqa: E402
-
-from affaccel import _ext, env, segments as S  # noqa: E402
+from affaccel import _ext, env  # noqa: E402
+from affaccel import segments as S  # noqa: E402
 from affaccel.io_utils import atomic_write_text  # noqa: E402
+
+from _machine import cpu_model, git_commit, interleaved  # noqa: E402
 
 CSV_PATH = ROOT / "bench" / "results" / "segments_cpu.csv"
 FIELDS = ["date", "commit", "cpu", "cores", "torch", "numpy", "op", "impl", "threads", "videos",
@@ -42,29 +41,20 @@ FIELDS = ["date", "commit", "cpu", "cores", "torch", "numpy", "op", "impl", "thr
           "repeats", "cpu_s", "gb_per_s", "vs_baseline", "vs_baseline_cpu", "baseline"]
 
 
-def time_interleaved(cases: list[dict], repeats: int, warmup: int = 1) -> None:
-    """Time every case's fn() `repeats` times, round-robin, after `warmup` rounds.
+def case(op: str, impl: str, threads: int, nbytes: int, fn, baseline: str) -> dict:
+    """One candidate: ``fn()`` is timed; ``baseline`` names the case its ratio is against."""
+    return dict(op=op, impl=impl, threads=threads, bytes=nbytes, fn=fn, baseline=baseline)
 
-    Round-robin order spreads load from other processes over all cases alike (the development
-    machines are shared); rotating the order each round keeps one case from always following
-    another (a case that frees a large buffer makes the next fresh allocation pay for
-    transparent-huge-page compaction; "new output" rows include such page-fault costs,
-    "reused output" rows measure copy bandwidth alone). Stores median/min wall seconds and
-    the median CPU seconds of the whole process (all threads) in each case.
-    """
-    wall = {id(c): [] for c in cases}
-    cpu = {id(c): [] for c in cases}
-    for r in range(warmup + repeats):
-        for c in cases[r % len(cases):] + cases[:r % len(cases)]:  # rotate: no fixed neighbour
-            t0, c0 = time.perf_counter(), time.process_time()
-            c["fn"]()
-            t1, c1 = time.perf_counter(), time.process_time()
-            if r >= warmup:
-                wall[id(c)].append(t1 - t0)
-                cpu[id(c)].append(c1 - c0)
-    for c in cases:
-        c["median"], c["min"] = statistics.median(wall[id(c)]), min(wall[id(c)])
-        c["cpu"] = statistics.median(cpu[id(c)])
+
+def time_cases(cases: list[dict], repeats: int) -> list[dict]:
+    """Times the cases interleaved (``_machine.interleaved``: round-robin in rotating order, one
+    warm-up round; "new output" rows include page-fault costs, "reused output" rows measure copy
+    bandwidth alone). Stores median/min wall seconds and the median CPU seconds of the whole
+    process (all threads) in each case, and drops ``fn`` so the inputs it holds can be freed."""
+    for c, t in zip(cases, interleaved([c["fn"] for c in cases], repeats, warmup=1)):
+        c["median"], c["min"], c["cpu"] = t.median, t.min, t.cpu_median
+        del c["fn"]
+    return cases
 
 
 def torch_assemble_batch(torch, feats, w: int, s: int):
@@ -97,7 +87,120 @@ def torch_average_batch(preds, index: np.ndarray, lengths, weighting: str):
     return out
 
 
-def main(argv=None) -> int:
+def assemble_cases(torch, C, feats, index, w: int, s: int, threads: int, repeats: int) -> list[dict]:
+    """Window assembly: checked against the reference and torch, then timed against memcpy."""
+    windows, mask, _ = S.assemble_windows_batch(feats, w, s)  # also the memcpy source
+    out_bytes = windows.nbytes
+    tfeats = [torch.from_numpy(f) for f in feats]
+    tw, tm = torch_assemble_batch(torch, tfeats, w, s)
+    assert np.array_equal(tw.numpy(), windows) and np.array_equal(tm.numpy(), mask)
+    ref_w, ref_m, _ = S.assemble_windows_batch_ref(feats, w, s)
+    assert np.array_equal(ref_w, windows) and np.array_equal(ref_m, mask)
+    del tw, tm, ref_w, ref_m
+    reused = np.empty_like(windows)
+    reused_mask = np.empty_like(mask)
+    new, old = "memcpy np.copyto into new output", "memcpy np.copyto into reused output"
+    cases = [
+        case("assemble", new, 1, out_bytes, lambda: np.copyto(np.empty_like(windows), windows), new),
+        case("assemble", old, 1, out_bytes, lambda: np.copyto(reused, windows), old),
+        case("assemble", "C++ assemble_windows_batch (API)", threads, out_bytes,
+             lambda: S.assemble_windows_batch(feats, w, s), new),
+    ]
+    if C is not None:
+        for nt in sorted({1, threads}):
+            cases.append(case("assemble", "C++ kernel into reused output", nt, out_bytes,
+                              lambda nt=nt: C.gather_windows(feats, index, w, reused, reused_mask, nt),
+                              old))
+    cases += [
+        case("assemble", "NumPy reference", 1, out_bytes,
+             lambda: S.assemble_windows_batch_ref(feats, w, s), new),
+        case("assemble", "torch unfold + cat", torch.get_num_threads(), out_bytes,
+             lambda: torch_assemble_batch(torch, tfeats, w, s), new),
+    ]
+    return time_cases(cases, repeats)  # the windows die with this frame
+
+
+def average_cases(torch, C, preds, index, lengths, w: int, weighting: str, threads: int,
+                  repeats: int) -> list[dict]:
+    """Overlap averaging: checked against the reference, then timed against it."""
+    k, pred_bytes = preds.shape[-1], preds.nbytes
+    ref_out = S.overlap_average_batch_ref(preds, index, lengths, weighting)
+    got = S.overlap_average_batch(preds, index, lengths, weighting)
+    assert all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, ref_out))
+    tpreds = torch.from_numpy(preds)
+    got = torch_average_batch(tpreds, index, lengths, weighting)
+    assert all(np.allclose(a.numpy(), b, rtol=1e-4, atol=1e-5) for a, b in zip(got, ref_out))
+    ref = "NumPy reference"
+    cases = [
+        case("average", ref, 1, pred_bytes,
+             lambda: S.overlap_average_batch_ref(preds, index, lengths, weighting), ref),
+        case("average", "C++ overlap_average_batch (API)", threads, pred_bytes,
+             lambda: S.overlap_average_batch(preds, index, lengths, weighting), ref),
+    ]
+    if C is not None:
+        wts = S.window_weights(w, weighting)
+        vid, st = np.ascontiguousarray(index[:, 0]), np.ascontiguousarray(index[:, 1])
+        nf = np.asarray(lengths, np.int64)
+        out = np.empty((int(nf.sum()), k), np.float32)
+        for nt in sorted({1, threads}):
+            cases.append(case("average", "C++ kernel into reused output", nt, pred_bytes,
+                              lambda nt=nt: C.overlap_average(preds, "float32", vid, st, nf, wts, out, nt),
+                              ref))
+    cases.append(case("average", "torch index_add_", torch.get_num_threads(), pred_bytes,
+                      lambda: torch_average_batch(tpreds, index, lengths, weighting), ref))
+    return time_cases(cases, repeats)
+
+
+def add_ratios(cases: list[dict]) -> None:
+    """Ratio to the baseline: time / memcpy time for assembly, reference time / time for
+    averaging (wall and CPU time)."""
+    by_name = {c["impl"]: c for c in cases if c["impl"] == c["baseline"]}
+    for c in cases:
+        b_ = by_name[c["baseline"]]
+        if c["op"] == "assemble":
+            c["vs"], c["vs_cpu"] = c["median"] / b_["median"], c["cpu"] / b_["cpu"]
+        else:
+            c["vs"], c["vs_cpu"] = b_["median"] / c["median"], b_["cpu"] / c["cpu"]
+
+
+def write_csv(path: Path, cases: list[dict], meta: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    old_text = path.read_text() if path.exists() else ""
+    if not old_text:
+        writer.writeheader()
+    for c in cases:
+        writer.writerow({**meta, "op": c["op"], "impl": c["impl"], "threads": c["threads"],
+                         "bytes": c["bytes"], "median_s": f"{c['median']:.6f}",
+                         "min_s": f"{c['min']:.6f}", "cpu_s": f"{c['cpu']:.6f}",
+                         "gb_per_s": f"{c['bytes'] / c['median'] / 1e9:.3f}",
+                         "vs_baseline": f"{c['vs']:.3f}",
+                         "vs_baseline_cpu": f"{c['vs_cpu']:.3f}",
+                         "baseline": c["baseline"]})
+    atomic_write_text(path, old_text + buf.getvalue())
+
+
+def print_table(cases: list[dict], meta: dict, weighting: str) -> None:
+    print(f"\n{meta['cpu']} ({meta['cores']} cores, load average {os.getloadavg()[0]:.1f}), "
+          f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}")
+    print(f"{meta['videos']} videos / {meta['frames']} frames, D={meta['dim']} float16, "
+          f"w={meta['window']} s={meta['stride']}, K={meta['k']}, weighting={weighting}; "
+          f"median of {meta['repeats']} interleaved runs")
+    print("wall: median wall-clock time (min: fastest run); cpu: median CPU time of the "
+          "process (all threads). "
+          "assemble ratio = time / memcpy time (lower is better); average ratio = speed-up over "
+          "the NumPy reference.")
+    print(f"{'op':<9}{'implementation':<35}{'thr':>4}{'wall ms':>10}{'min ms':>9}{'cpu ms':>9}"
+          f"{'GB/s':>7}"
+          f"{'ratio':>8}{'ratio cpu':>10}  baseline")
+    for c in cases:
+        print(f"{c['op']:<9}{c['impl']:<35}{c['threads']:>4}{c['median'] * 1e3:>10.1f}"
+              f"{c['min'] * 1e3:>9.1f}{c['cpu'] * 1e3:>9.1f}"
+              f"{c['bytes'] / c['median'] / 1e9:>7.2f}{c['vs']:>8.2f}"
+              f"{c['vs_cpu']:>10.2f}  {c['baseline']}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=64)
     ap.add_argument("--min-frames", type=int, default=3000)
@@ -115,6 +218,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.videos, args.min_frames, args.max_frames, args.dim = 8, 500, 1500, 128
         args.repeats = min(args.repeats, 5)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import torch
 
@@ -136,114 +244,20 @@ def main(argv=None) -> int:
           f"windows of {w} (stride {s}): {out_bytes / 1e9:.2f} GB of windows; engine threads "
           f"{threads}, torch threads {torch.get_num_threads()}", flush=True)
 
-    cases: list[dict] = []
-
-    def case(op, impl, nthreads, nbytes, fn, baseline):
-        cases.append(dict(op=op, impl=impl, threads=nthreads, bytes=nbytes, fn=fn,
-                          baseline=baseline))
-
-    # ---------------------------------------------------------------- window assembly
-    windows, mask, _ = S.assemble_windows_batch(feats, w, s)  # also the memcpy source
-    tfeats = [torch.from_numpy(f) for f in feats]
-    tw, tm = torch_assemble_batch(torch, tfeats, w, s)
-    assert np.array_equal(tw.numpy(), windows) and np.array_equal(tm.numpy(), mask)
-    ref_w, ref_m, _ = S.assemble_windows_batch_ref(feats, w, s)
-    assert np.array_equal(ref_w, windows) and np.array_equal(ref_m, mask)
-    del tw, tm, ref_w, ref_m
-    reused = np.empty_like(windows)
-    reused_mask = np.empty_like(mask)
-    new, old = "memcpy np.copyto into new output", "memcpy np.copyto into reused output"
-    case("assemble", new, 1, out_bytes,
-         lambda: np.copyto(np.empty_like(windows), windows), new)
-    case("assemble", old, 1, out_bytes,
-         lambda: np.copyto(reused, windows), old)
-    case("assemble", "C++ assemble_windows_batch (API)", threads, out_bytes,
-         lambda: S.assemble_windows_batch(feats, w, s), new)
-    if C is not None:
-        for nt in sorted({1, threads}):
-            case("assemble", "C++ kernel into reused output", nt, out_bytes,
-                 lambda nt=nt: C.gather_windows(feats, index, w, reused, reused_mask, nt), old)
-    case("assemble", "NumPy reference", 1, out_bytes,
-         lambda: S.assemble_windows_batch_ref(feats, w, s), new)
-    case("assemble", "torch unfold + cat", torch.get_num_threads(), out_bytes,
-         lambda: torch_assemble_batch(torch, tfeats, w, s), new)
-    time_interleaved(cases, args.repeats)
-    del windows, mask, reused, reused_mask
-    n_assemble = len(cases)
-
-    # ------------------------------------------------------------- overlap averaging
+    cases = assemble_cases(torch, C, feats, index, w, s, threads, args.repeats)
     preds = rng.standard_normal((n_win, w, args.k), dtype=np.float32)
-    pred_bytes = preds.nbytes
-    ref_out = S.overlap_average_batch_ref(preds, index, lengths, args.weighting)
-    got = S.overlap_average_batch(preds, index, lengths, args.weighting)
-    assert all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(got, ref_out))
-    tpreds = torch.from_numpy(preds)
-    got = torch_average_batch(tpreds, index, lengths, args.weighting)
-    assert all(np.allclose(a.numpy(), b, rtol=1e-4, atol=1e-5) for a, b in zip(got, ref_out))
-    ref = "NumPy reference"
-    case("average", ref, 1, pred_bytes,
-         lambda: S.overlap_average_batch_ref(preds, index, lengths, args.weighting), ref)
-    case("average", "C++ overlap_average_batch (API)", threads, pred_bytes,
-         lambda: S.overlap_average_batch(preds, index, lengths, args.weighting), ref)
-    if C is not None:
-        wts = S.window_weights(w, args.weighting)
-        vid, st = np.ascontiguousarray(index[:, 0]), np.ascontiguousarray(index[:, 1])
-        nf = np.asarray(lengths, np.int64)
-        out = np.empty((int(nf.sum()), args.k), np.float32)
-        for nt in sorted({1, threads}):
-            case("average", "C++ kernel into reused output", nt, pred_bytes,
-                 lambda nt=nt: C.overlap_average(preds, "float32", vid, st, nf, wts, out, nt), ref)
-    case("average", "torch index_add_", torch.get_num_threads(), pred_bytes,
-         lambda: torch_average_batch(tpreds, index, lengths, args.weighting), ref)
-    time_interleaved(cases[n_assemble:], args.repeats)
+    cases += average_cases(torch, C, preds, index, lengths, w, args.weighting, threads, args.repeats)
+    add_ratios(cases)
 
-    # ratio to the baseline: time / memcpy time for assembly, reference time / time for averaging
-    by_name = {c["impl"]: c for c in cases if c["impl"] == c["baseline"]}
-    for c in cases:
-        b_ = by_name[c["baseline"]]
-        if c["op"] == "assemble":
-            c["vs"], c["vs_cpu"] = c["median"] / b_["median"], c["cpu"] / b_["cpu"]
-        else:
-            c["vs"], c["vs_cpu"] = b_["median"] / c["median"], b_["cpu"] / c["cpu"]
-
-    # ------------------------------------------------------------------ CSV and table
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit("csrc", "affaccel/segments.py"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
+            "commit": git_commit("csrc", "affaccel/segments.py"), "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)),
             "torch": torch.__version__, "numpy": np.__version__, "videos": args.videos,
             "frames": sum(lengths), "dim": args.dim, "dtype": "float16", "window": w,
             "stride": s, "k": args.k, "repeats": args.repeats}
     if not args.no_csv:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=FIELDS)
-        old_text = args.csv.read_text() if args.csv.exists() else ""
-        if not old_text:
-            writer.writeheader()
-        for c in cases:
-            writer.writerow({**meta, "op": c["op"], "impl": c["impl"], "threads": c["threads"],
-                             "bytes": c["bytes"], "median_s": f"{c['median']:.6f}",
-                             "min_s": f"{c['min']:.6f}", "cpu_s": f"{c['cpu']:.6f}",
-                             "gb_per_s": f"{c['bytes'] / c['median'] / 1e9:.3f}",
-                             "vs_baseline": f"{c['vs']:.3f}",
-                             "vs_baseline_cpu": f"{c['vs_cpu']:.3f}",
-                             "baseline": c["baseline"]})
-        atomic_write_text(args.csv, old_text + buf.getvalue())
-
-    print(f"\n{meta['cpu']} ({meta['cores']} cores, load average {os.getloadavg()[0]:.1f}), "
-          f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}")
-    print(f"{args.videos} videos / {sum(lengths)} frames, D={args.dim} float16, w={w} s={s}, "
-          f"K={args.k}, weighting={args.weighting}; median of {args.repeats} interleaved runs")
-    print("wall: median wall-clock time (min: fastest run); cpu: median CPU time of the "
-          "process (all threads). "
-          "assemble ratio = time / memcpy time (lower is better); average ratio = speed-up over "
-          "the NumPy reference.")
-    print(f"{'op':<9}{'implementation':<35}{'thr':>4}{'wall ms':>10}{'min ms':>9}{'cpu ms':>9}"
-          f"{'GB/s':>7}"
-          f"{'ratio':>8}{'ratio cpu':>10}  baseline")
-    for c in cases:
-        print(f"{c['op']:<9}{c['impl']:<35}{c['threads']:>4}{c['median'] * 1e3:>10.1f}"
-              f"{c['min'] * 1e3:>9.1f}{c['cpu'] * 1e3:>9.1f}"
-              f"{c['bytes'] / c['median'] / 1e9:>7.2f}{c['vs']:>8.2f}"
-              f"{c['vs_cpu']:>10.2f}  {c['baseline']}")
+        write_csv(args.csv, cases, meta)
+    print_table(cases, meta, args.weighting)
     return 0
 
 

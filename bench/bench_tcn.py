@@ -27,11 +27,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from _machine import gpu_median_ms  # noqa: E402
 
 B, T, K = 32, 300, 3
 CHANNELS = (512, 768)
@@ -54,13 +57,8 @@ class ChannelsFirstBlock(torch.nn.Module):
 
 
 def _time(fn, quick: bool) -> float:
-    from triton.testing import do_bench
-
-    fn()
-    fn()  # autotuning and compilation happen here, outside the timed window
-    torch.cuda.synchronize()
-    return float(do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100,
-                          return_mode="median"))
+    # two untimed calls: autotuning and compilation happen there, outside the timed window
+    return gpu_median_ms(fn, warmup=10 if quick else 25, rep=30 if quick else 100, untimed_calls=2)
 
 
 def _passes(model, x, gy, quick: bool) -> dict[str, float]:

@@ -17,10 +17,9 @@ import argparse
 import csv
 import datetime as dt
 import io
-import statistics
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_model, git_commit  # noqa: E402
-
 from affaccel.io_utils import atomic_write_text  # noqa: E402
+
+from _machine import cpu_model, git_commit, wall_clock  # noqa: E402
 
 FIELDS = ["date", "commit", "cpu", "gpu", "cores", "torch", "dali", "av", "stage", "impl",
           "device", "items", "shape", "median_s", "min_s", "repeats", "items_per_s",
           "vs_baseline", "baseline"]
-
-
-def timeit(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """(median, min) wall-clock seconds of fn() over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def make_clip(path: Path, n: int, w: int = 480, h: int = 360) -> None:
@@ -113,8 +100,8 @@ def main(argv=None) -> int:
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     rows = []
 
-    def add(stage, impl, device, items, shape, med_min, baseline=None):
-        med, mn = med_min
+    def add(stage, impl, device, items, shape, samples, baseline=None):
+        med, mn = samples.median, samples.min
         rows.append(dict(stage=stage, impl=impl, device=device, items=items, shape=shape,
                          median_s=med, min_s=mn, repeats=args.repeats, items_per_s=items / med,
                          baseline=baseline or "", vs_baseline=""))
@@ -135,12 +122,12 @@ def main(argv=None) -> int:
                 assert k == n, (k, n)
             return run
 
-        add("decode", "pyav", "cpu", n, "480x360 vp9", timeit(decode("pyav", "cpu"), args.repeats))
+        add("decode", "pyav", "cpu", n, "480x360 vp9", wall_clock(decode("pyav", "cpu"), args.repeats))
         whole = n * 480 * 360 * 3
         add("decode", "dali_whole", dev, n, "480x360 vp9",
-            timeit(decode("dali", dev, whole), args.repeats), "pyav")
+            wall_clock(decode("dali", dev, whole), args.repeats), "pyav")
         add("decode", "dali_chunk64", dev, n, "480x360 vp9",
-            timeit(decode("dali", dev, 64 * 480 * 360 * 3), args.repeats), "pyav")
+            wall_clock(decode("dali", dev, 64 * 480 * 360 * 3), args.repeats), "pyav")
 
         jdir = tmp / "jpg"
         jdir.mkdir()
@@ -157,9 +144,9 @@ def main(argv=None) -> int:
             return run
 
         add("frames", "reference", "cpu", len(paths), "112->224",
-            timeit(loader("reference", "cpu"), args.repeats))
+            wall_clock(loader("reference", "cpu"), args.repeats))
         add("frames", "dali", dev, len(paths), "112->224",
-            timeit(loader("dali", dev), args.repeats), "reference")
+            wall_clock(loader("dali", dev), args.repeats), "reference")
 
         frames = np.stack([np.asarray(b.frames) for b in D.iter_video(clip, backend="pyav",
                                                                         batch_size=args.batch)][:1])[0]
@@ -168,10 +155,10 @@ def main(argv=None) -> int:
         boxes = np.concatenate([rng.uniform(50, 250, (B, 2)), rng.uniform(90, 160, (B, 2))], 1)
         tf = torch.from_numpy(frames).to(dev)
         add("crop", "reference", "cpu", B, "480x360->224",
-            timeit(lambda: C.crop_faces_ref(frames, boxes, 224), args.repeats))
+            wall_clock(lambda: C.crop_faces_ref(frames, boxes, 224), args.repeats))
         add("crop", "dali", dev, B, "480x360->224",
-            timeit(lambda: (C.crop_faces_dali(tf, boxes, 224, device=dev), sync()),
-                   args.repeats), "reference")
+            wall_clock(lambda: (C.crop_faces_dali(tf, boxes, 224, device=dev), sync()),
+                       args.repeats), "reference")
 
     base = {(r["stage"], r["impl"]): r for r in rows}
     for r in rows:
@@ -180,9 +167,17 @@ def main(argv=None) -> int:
 
     gpu = torch.cuda.get_device_name() if dev.startswith("cuda") else ""
     meta = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                commit=git_commit("affaccel/video"), cpu=cpu_model(), gpu=gpu, cores=len(__import__("os").sched_getaffinity(0)),
+                commit=git_commit("affaccel/video"), cpu=cpu_model(), gpu=gpu,
+                cores=len(os.sched_getaffinity(0)),
                 torch=torch.__version__, dali=nvidia.dali.__version__, av=av.__version__)
-    print(f"\n{meta['cpu']} ({meta['cores']} cores) {gpu}  torch {meta['torch']}  "
+    print_table(rows, meta)
+    if not args.no_csv:
+        append_csv(ROOT / "bench" / "results" / f"video_{'gpu' if gpu else 'cpu'}.csv", rows, meta)
+    return 0
+
+
+def print_table(rows: list[dict], meta: dict) -> None:
+    print(f"\n{meta['cpu']} ({meta['cores']} cores) {meta['gpu']}  torch {meta['torch']}  "
           f"DALI {meta['dali']}  PyAV {meta['av']}  commit {meta['commit']}")
     print(f"{'stage':7} {'impl':13} {'device':6} {'items':>6} {'shape':14} {'median s':>9} "
           f"{'items/s':>9} {'vs base':>8}")
@@ -190,18 +185,18 @@ def main(argv=None) -> int:
         vs = f"{r['vs_baseline']:.2f}x" if r["vs_baseline"] != "" else ""
         print(f"{r['stage']:7} {r['impl']:13} {r['device']:6} {r['items']:6d} {r['shape']:14} "
               f"{r['median_s']:9.4f} {r['items_per_s']:9.1f} {vs:>8}")
-    if not args.no_csv:
-        path = ROOT / "bench" / "results" / f"video_{'gpu' if gpu else 'cpu'}.csv"
-        old = path.read_text() if path.exists() else ""
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=FIELDS)
-        if not old:
-            w.writeheader()
-        for r in rows:
-            w.writerow({**meta, **r})
-        atomic_write_text(path, old + buf.getvalue())
-        print(f"appended {len(rows)} rows to {path.relative_to(ROOT)}")
-    return 0
+
+
+def append_csv(path: Path, rows: list[dict], meta: dict) -> None:
+    old = path.read_text() if path.exists() else ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    if not old:
+        w.writeheader()
+    for r in rows:
+        w.writerow({**meta, **r})
+    atomic_write_text(path, old + buf.getvalue())
+    print(f"appended {len(rows)} rows to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

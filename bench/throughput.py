@@ -35,13 +35,13 @@ import json
 import os
 import platform
 import queue
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +51,15 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from _machine import cpu_model, git_commit  # noqa: E402
+from _machine import (  # noqa: E402
+    StageClock,
+    Stopwatch,
+    cpu_model,
+    git_commit,
+    gpu_median_ms,
+    median,
+    rotated,
+)
 
 STAGES = ("decode", "faces", "encoder", "temporal", "averaging")
 VIT_B16_GFLOP = 35.2          # DESIGN.md: ViT-B/16 at 224 px, forward, per frame
@@ -112,11 +120,9 @@ def build_bundle(path: Path, model: str, preset: str) -> Path:
     import torch
 
     from affaccel.bundle import save_bundle
-    from affaccel.config import WindowConfig
-    from affaccel.config import ClipConfig
+    from affaccel.config import ClipConfig, WindowConfig, make_config
     from affaccel.nn.clip import build_encoder
     from affaccel.nn.temporal import TemporalModel
-    from affaccel.config import make_config
 
     torch.manual_seed(0)
     enc = build_encoder(ClipConfig(model_name=model, init_seed=0))
@@ -208,47 +214,52 @@ class Prefetch:
 
 
 class StageTimers:
-    """Wraps a predictor's stage methods on the instance (the class is untouched) and adds up
-    the seconds each takes; CUDA work is synchronised at the end of each call so the time
-    lands in the stage that launched it."""
+    """Adds up the seconds each stage of the optimized pipeline takes: wraps a predictor's stage
+    methods on the instance (the class is untouched) and, for the temporal model forwards,
+    ``affaccel.inference.temporal.run_windows`` (the function the whole-array path calls; put
+    back on exit). CUDA work is synchronised at the end of each call so the time lands in the
+    stage that launched it."""
 
     def __init__(self, pred, device):
         import torch
 
         self.pred = pred
-        self.s = dict.fromkeys((*STAGES, "windows_total"), 0.0)
+        self.clock = StageClock((*STAGES, "windows_total"))
+        self.s = self.clock.s
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self._names = []
+        self._run_windows = None
 
-    def _wrap(self, attr, stage):
-        fn = getattr(self.pred, attr)
-
+    def _timed(self, fn, stage):
         def timed(*a, **k):
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            self.sync()
-            self.s[stage] += time.perf_counter() - t0
+            with self.clock(stage):
+                out = fn(*a, **k)
+                self.sync()
             return out
 
-        setattr(self.pred, attr, timed)
+        return timed
+
+    def _wrap(self, attr, stage):
+        setattr(self.pred, attr, self._timed(getattr(self.pred, attr), stage))
         self._names.append(attr)
 
     def __enter__(self):
+        import affaccel.inference.temporal as temporal
+
         self._wrap("_crop", "faces")
         self._wrap("encode", "encoder")
-        self._wrap("run_windows", "temporal")
-        self._wrap("_temporal_batch", "windows_total")
+        self._wrap("_temporal", "windows_total")
+        self._run_windows = temporal.run_windows
+        temporal.run_windows = self._timed(self._run_windows, "temporal")
         det = self.pred.detector if self.pred._detector is not None else None
         if det is not None:
             self._det = det
-            timers = self
+            clock = self.clock
 
             class TimedDetector:
                 def detect(self, frames):
-                    t0 = time.perf_counter()
-                    out = det.detect(frames)
-                    timers.s["faces"] += time.perf_counter() - t0
-                    return out
+                    with clock("faces"):
+                        return det.detect(frames)
 
                 __call__ = detect
 
@@ -256,8 +267,11 @@ class StageTimers:
         return self
 
     def __exit__(self, *exc):
+        import affaccel.inference.temporal as temporal
+
         for a in self._names:
             delattr(self.pred, a)           # back to the class's methods
+        temporal.run_windows = self._run_windows
         if getattr(self, "_det", None) is not None:
             self.pred._detector = self._det
         # windows + averaging = the whole-array temporal step minus the model forward
@@ -265,9 +279,8 @@ class StageTimers:
 
     def timed_iter(self, it):
         while True:
-            t0 = time.perf_counter()
-            item = next(it, None)
-            self.s["decode"] += time.perf_counter() - t0
+            with self.clock("decode"):
+                item = next(it, None)
             if item is None:
                 return
             yield item
@@ -364,24 +377,14 @@ def encoder_gflop(encoder) -> float:
     return fc.get_total_flops() / 1e9
 
 
-def bf16_matmul_peak_tflops(device, n: int = 8192, iters: int = 20) -> float:
+def bf16_matmul_peak_tflops(device, n: int = 8192) -> float:
     """Measured peak of a large bf16 matrix product on this GPU (TFLOP/s)."""
     import torch
 
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    ms = gpu_median_ms(lambda: a @ b, untimed_calls=3)
+    return 2 * n ** 3 / (ms / 1e3) / 1e12
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,139 +433,166 @@ def parse_args(argv):
     return a
 
 
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
+ORDER = ("optimized", "naive", "serial")
 
 
-def run_benchmark(argv=None) -> dict:
-    """Run the benchmark; returns the report (also holding the last repeat's predictions of
-    both pipelines under "predictions", which the JSON leaves out)."""
-    import torch
+@dataclass
+class Setup:
+    """What every timed run shares: arguments, device, videos, the bundle and both pipelines."""
+    a: argparse.Namespace
+    device: Any
+    model: str
+    tpreset: str
+    jobs: list[Job]
+    faces: str
+    bundle: Path
+    pred: Any
+    naive_models: Any
+    track_factory: Any
+    decode_device: str
 
-    from affaccel.device import resolve_device
-    from affaccel.inference.predictor import AffectPredictor
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
 
-    a = parse_args(argv)
-    device = resolve_device(a.device)
-    on_gpu = device.type == "cuda"
-    model = a.model or ("ViT-B-16" if on_gpu else "affaccel-rn-tiny")
-    tpreset = a.temporal_preset or ("paper" if on_gpu else "cpu")
+
+def choose_jobs(a) -> tuple[list[Job], str]:
+    """The videos (given or synthetic) and the face source: (jobs, "boxes" | "detect")."""
     if a.videos:
         jobs = user_jobs(a.videos, a.boxes)
     else:
         jobs = synthetic_jobs(a.preset or ("tiny" if a.quick else "default"))
     if a.max_videos:
         jobs = jobs[:a.max_videos]
-    if a.threads:
-        torch.set_num_threads(a.threads)
     faces = a.faces or ("boxes" if all(j.boxes is not None for j in jobs) else "detect")
     if faces == "boxes" and any(j.boxes is None for j in jobs):
         raise ValueError("--faces boxes needs --boxes for every video")
     if faces == "detect":
         jobs = [Job(j.path, None) for j in jobs]
+    return jobs, faces
 
-    tmp = tempfile.TemporaryDirectory(prefix="affaccel-throughput-")
-    bundle = Path(a.bundle) if a.bundle else build_bundle(Path(tmp.name) / "bundle.pt", model,
-                                                          tpreset)
-    # uniform overlap averaging in both pipelines (the naive one implements only that)
-    pred = AffectPredictor.from_bundle(bundle, device=str(device), weighting="uniform")
+
+def make_setup(a, tmp_dir: Path) -> Setup:
+    """Resolves the device, sets torch's threads, builds (or reads) the bundle, loads both
+    pipelines from it."""
+    import torch
+
+    from affaccel.device import resolve_device
+    from affaccel.inference.predictor import AffectPredictor
+
     import _naive_pipeline as naive
 
-    nmodels = naive.NaiveModels(bundle, device)
-    track_factory = naive_tracker_factory(pred) if faces == "detect" else None
-    # with given boxes the GPU pipeline decodes on the GPU (NVDEC); the detector needs CPU frames
-    decode_device = str(device) if on_gpu and faces == "boxes" else "cpu"
+    device = resolve_device(a.device)
+    on_gpu = device.type == "cuda"
+    model = a.model or ("ViT-B-16" if on_gpu else "affaccel-rn-tiny")
+    tpreset = a.temporal_preset or ("paper" if on_gpu else "cpu")
+    jobs, faces = choose_jobs(a)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    bundle = Path(a.bundle) if a.bundle else build_bundle(tmp_dir / "bundle.pt", model, tpreset)
+    # uniform overlap averaging in both pipelines (the naive one implements only that)
+    pred = AffectPredictor.from_bundle(bundle, device=str(device), weighting="uniform")
+    return Setup(a=a, device=device, model=model, tpreset=tpreset, jobs=jobs, faces=faces,
+                 bundle=bundle, pred=pred, naive_models=naive.NaiveModels(bundle, device),
+                 track_factory=naive_tracker_factory(pred) if faces == "detect" else None,
+                 # with given boxes the GPU pipeline decodes on the GPU (NVDEC); the detector
+                 # needs CPU frames
+                 decode_device=str(device) if on_gpu and faces == "boxes" else "cpu")
 
-    def mem_start():
-        if on_gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
 
-    def mem_peak(rss):
-        return (torch.cuda.max_memory_allocated(device) if on_gpu else rss.peak) / 2 ** 20
+def run_once(su: Setup, name: str, mem: dict):
+    """One run of configuration ``name`` (ORDER), timed inside the peak-memory sampler:
+    (predictions, wall seconds, stage seconds or None, decode-overlap stats or None).
+    Raises ``mem[pipeline]`` to this run's peak memory (MiB)."""
+    import torch
 
-    configs = {
-        "optimized": lambda: run_optimized(pred, jobs, a.batch_size, decode_device, True),
-        "naive": lambda: run_naive(nmodels, jobs, track_factory),
-        "serial": None,   # filled below: needs fresh timers each time
-    }
-    runs = {k: [] for k in configs}
-    stage_runs = {"optimized": [], "naive": []}
-    overlap_runs, mem = [], {"optimized": 0.0, "naive": 0.0}
-    out_preds = {}
-
-    def run(name):
-        mem_start()
-        with PeakRSS() as rss:
-            t0 = time.perf_counter()
+    if su.on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(su.device)
+    stages = ov = None
+    with PeakRSS() as rss:
+        with Stopwatch() as sw:
             if name == "serial":
-                with StageTimers(pred, device) as tm:
-                    p, _ = run_optimized(pred, jobs, a.batch_size, decode_device, False, tm)
+                with StageTimers(su.pred, su.device) as tm:
+                    p, _ = run_optimized(su.pred, su.jobs, su.a.batch_size, su.decode_device, False, tm)
                 stages = tm.s
             elif name == "optimized":
-                p, ov = configs[name]()
-                stages = None
+                p, ov = run_optimized(su.pred, su.jobs, su.a.batch_size, su.decode_device, True)
             else:
-                p, stages = configs[name]()
-            secs = time.perf_counter() - t0
-        key = "naive" if name == "naive" else "optimized"
-        mem[key] = max(mem[key], mem_peak(rss))
-        return p, secs, stages, (ov if name == "optimized" else None)
+                p, stages = run_naive(su.naive_models, su.jobs, su.track_factory)
+    key = "naive" if name == "naive" else "optimized"
+    peak = torch.cuda.max_memory_allocated(su.device) if su.on_gpu else rss.peak
+    mem[key] = max(mem[key], peak / 2 ** 20)
+    return p, sw.wall, stages, ov
 
-    print(f"warm-up ({len(jobs)} videos, {model}, {device}) ...", file=sys.stderr)
+
+def measure(su: Setup) -> dict:
+    """``--warmup`` untimed runs of each pipeline, then ``--repeats`` rounds running every
+    configuration once in rotating order (load noise on a shared machine hits all of them).
+    Returns the seconds of every run per configuration, the stage seconds (serial optimized
+    run, naive run), the decode-overlap stats, peak memory and the last round's predictions."""
+    a = su.a
+    m = {"seconds": {k: [] for k in ORDER}, "stage_runs": {"optimized": [], "naive": []},
+         "overlap_runs": [], "mem": {"optimized": 0.0, "naive": 0.0}, "predictions": {}}
+    print(f"warm-up ({len(su.jobs)} videos, {su.model}, {su.device}) ...", file=sys.stderr)
     for _ in range(a.warmup):
         for name in ("optimized", "naive"):
-            run(name)
-    order = ["optimized", "naive", "serial"]
+            run_once(su, name, m["mem"])
     for r in range(a.repeats):
-        for name in order[r % 3:] + order[:r % 3]:     # rotate: load noise hits all of them
-            p, secs, stages, ov = run(name)
-            runs[name].append(secs)
+        for name in rotated(ORDER, r):
+            p, secs, stages, ov = run_once(su, name, m["mem"])
+            m["seconds"][name].append(secs)
             if name == "serial":
-                stage_runs["optimized"].append(stages)
+                m["stage_runs"]["optimized"].append(stages)
             elif name == "naive":
-                stage_runs["naive"].append(stages)
-                out_preds["naive"] = p
+                m["stage_runs"]["naive"].append(stages)
+                m["predictions"]["naive"] = p
             else:
-                overlap_runs.append({**ov, "wall_s": secs})
-                out_preds["optimized"] = p
+                m["overlap_runs"].append({**ov, "wall_s": secs})
+                m["predictions"]["optimized"] = p
         print(f"round {r + 1}/{a.repeats}: " + ", ".join(
-            f"{k} {runs[k][-1]:.2f} s" for k in order), file=sys.stderr)
+            f"{k} {m['seconds'][k][-1]:.2f} s" for k in ORDER), file=sys.stderr)
+    return m
 
-    n_frames = sum(len(next(iter(p.values()))) for p in out_preds["optimized"])
-    n_naive = sum(len(next(iter(p.values()))) for p in out_preds["naive"])
+
+def count_frames(preds: dict) -> int:
+    """Frames both pipelines predicted (the same count, or RuntimeError)."""
+    n_frames = sum(len(next(iter(p.values()))) for p in preds["optimized"])
+    n_naive = sum(len(next(iter(p.values()))) for p in preds["naive"])
     if n_frames != n_naive:
         raise RuntimeError(f"the pipelines decoded different frame counts: {n_frames} vs {n_naive}")
+    return n_frames
 
-    # apples to apples: same per-frame predictions (NaN rows = no face, in both)
-    tol = a.tolerance or (5e-2 if on_gpu else 1e-2)
-    parity = {}
-    for t in pred.tasks:
-        o = np.concatenate([p[t] for p in out_preds["optimized"]])
-        nv = np.concatenate([p[t] for p in out_preds["naive"]])
+
+def parity(preds: dict, tasks, tol: float) -> dict:
+    """Apples to apples: the same per-frame predictions (NaN rows = no face, in both)."""
+    per_task = {}
+    for t in tasks:
+        o = np.concatenate([p[t] for p in preds["optimized"]])
+        nv = np.concatenate([p[t] for p in preds["naive"]])
         same_nan = bool(np.array_equal(np.isnan(o), np.isnan(nv)))
         diff = np.abs(o - nv)
-        parity[t] = {"max_abs": float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0,
-                     "same_face_rows": same_nan,
-                     "frames_with_face": int((~np.isnan(o[:, 0])).sum())}
-    parity_max = max(v["max_abs"] for v in parity.values())
-    parity_ok = parity_max <= tol and all(v["same_face_rows"] for v in parity.values())
+        per_task[t] = {"max_abs": float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0,
+                       "same_face_rows": same_nan,
+                       "frames_with_face": int((~np.isnan(o[:, 0])).sum())}
+    worst = max(v["max_abs"] for v in per_task.values())
+    ok = worst <= tol and all(v["same_face_rows"] for v in per_task.values())
+    return {"tolerance": tol, "max_abs": worst, "ok": ok, "tasks": per_task}
 
-    med = {k: median(v) for k, v in runs.items()}
-    fps = {k: n_frames / med[k] for k in runs}
 
-    def stage_fps(rs):
-        out = {}
-        for s in STAGES:
-            secs = median([x[s] for x in rs])
-            out[s] = {"seconds": secs, "fps": n_frames / secs if secs > 0 else float("inf")}
-        return out
+def stage_fps(stage_runs: list[dict], n_frames: int) -> dict:
+    """Median seconds per stage over the runs, and frames / those seconds."""
+    out = {}
+    for s in STAGES:
+        secs = median([x[s] for x in stage_runs])
+        out[s] = {"seconds": secs, "fps": n_frames / secs if secs > 0 else float("inf")}
+    return out
 
-    stages = {"optimized": stage_fps(stage_runs["optimized"]),
-              "naive": stage_fps(stage_runs["naive"])}
+
+def overlap_summary(overlap_runs: list[dict], fps: dict) -> dict:
     ov = {k: median([o[k] for o in overlap_runs]) for k in ("busy_s", "blocked_s", "wait_s",
                                                              "wall_s")}
-    overlap = {
+    return {
         "decode_busy_s": ov["busy_s"],
         # idle time of each side of the decode | rest-of-pipeline overlap, share of wall time
         "decode_idle_frac": ov["blocked_s"] / ov["wall_s"],
@@ -571,52 +601,78 @@ def run_benchmark(argv=None) -> dict:
         "overlapped_fps": fps["optimized"],
         "gain": fps["optimized"] / fps["serial"],
     }
-    gflop = encoder_gflop(pred.encoder)
-    roofline = None
-    if on_gpu:
-        peak = bf16_matmul_peak_tflops(device)
-        enc_fps = stages["optimized"]["encoder"]["fps"]
-        roofline = {"gflop_per_frame": gflop, "vit_b16_reference_gflop": VIT_B16_GFLOP,
-                    "bf16_matmul_peak_tflops": peak, "encoder_fps": enc_fps,
-                    "fraction": enc_fps * gflop / (peak * 1e3)}
-    v = versions()
-    report = {
+
+
+def roofline(su: Setup, stages: dict, gflop: float) -> dict | None:
+    """GPU only: the encoder's frames/s x GFLOP against a measured bf16 matmul peak."""
+    if not su.on_gpu:
+        return None
+    peak = bf16_matmul_peak_tflops(su.device)
+    enc_fps = stages["optimized"]["encoder"]["fps"]
+    return {"gflop_per_frame": gflop, "vit_b16_reference_gflop": VIT_B16_GFLOP,
+            "bf16_matmul_peak_tflops": peak, "encoder_fps": enc_fps,
+            "fraction": enc_fps * gflop / (peak * 1e3)}
+
+
+def build_report(su: Setup, m: dict) -> dict:
+    """The report of one benchmark run from its measurements (without the predictions)."""
+    import torch
+
+    import _naive_pipeline as naive
+
+    a = su.a
+    n_frames = count_frames(m["predictions"])
+    par = parity(m["predictions"], su.pred.tasks, a.tolerance or (5e-2 if su.on_gpu else 1e-2))
+    med = {k: median(v) for k, v in m["seconds"].items()}
+    fps = {k: n_frames / med[k] for k in m["seconds"]}
+    stages = {k: stage_fps(m["stage_runs"][k], n_frames) for k in ("optimized", "naive")}
+    gflop = encoder_gflop(su.pred.encoder)
+    return {
         "optimized_fps": fps["optimized"],
         "naive_fps": fps["naive"],
         "speedup": fps["optimized"] / fps["naive"],
         "optimized_serial_fps": fps["serial"],
-        "seconds": {k: {"median": med[k], "all": runs[k]} for k in runs},
+        "seconds": {k: {"median": med[k], "all": m["seconds"][k]} for k in m["seconds"]},
         "stages": stages,
         "stage_speedup": {s: stages["optimized"][s]["fps"] / stages["naive"][s]["fps"]
                           for s in STAGES if stages["naive"][s]["seconds"] > 0
                           and stages["optimized"][s]["seconds"] > 0},
-        "overlap": overlap,
-        "peak_memory_mb": {**mem, "kind": "torch.cuda.max_memory_allocated" if on_gpu
+        "overlap": overlap_summary(m["overlap_runs"], fps),
+        "peak_memory_mb": {**m["mem"], "kind": "torch.cuda.max_memory_allocated" if su.on_gpu
                            else "process RSS (sampled)"},
         "encoder_gflop_per_frame": gflop,
-        "roofline": roofline,
-        "parity": {"tolerance": tol, "max_abs": parity_max, "ok": parity_ok, "tasks": parity},
+        "roofline": roofline(su, stages, gflop),
+        "parity": par,
         "frames": n_frames,
-        "videos": [str(j.path) for j in jobs],
-        "faces": faces,
-        "model": model,
-        "temporal_preset": tpreset if not a.bundle else None,
-        "bundle": str(bundle) if a.bundle else "built (random init)",
-        "image_size": pred.encoder.image_size,
+        "videos": [str(j.path) for j in su.jobs],
+        "faces": su.faces,
+        "model": su.model,
+        "temporal_preset": su.tpreset if not a.bundle else None,
+        "bundle": str(su.bundle) if a.bundle else "built (random init)",
+        "image_size": su.pred.encoder.image_size,
         "batch_size": a.batch_size,
         "repeats": a.repeats,
-        "device": str(device),
-        "decode_device": decode_device,
-        "machine": (torch.cuda.get_device_name(device) if on_gpu else cpu_model()),
+        "device": str(su.device),
+        "decode_device": su.decode_device,
+        "machine": (torch.cuda.get_device_name(su.device) if su.on_gpu else cpu_model()),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "versions": v,
+        "versions": versions(),
         "commit": git_commit("affaccel", "bench"),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "naive_pipeline": json.loads(naive.describe()),
     }
-    tmp.cleanup()
-    report["predictions"] = out_preds
+
+
+def run_benchmark(argv=None) -> dict:
+    """Run the benchmark; returns the report (also holding the last repeat's predictions of
+    both pipelines under "predictions", which the JSON leaves out)."""
+    a = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="affaccel-throughput-") as tmp:
+        su = make_setup(a, Path(tmp))
+        m = measure(su)
+        report = build_report(su, m)
+    report["predictions"] = m["predictions"]
     return report
 
 

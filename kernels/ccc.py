@@ -1,7 +1,8 @@
 """Triton kernels of the fused CCC (Concordance Correlation Coefficient) loss.
 
-Imported only by affaccel.ops.concordance, after it decided that the Triton path runs, so that
-TRITON_INTERPRET is already set when the kernels are decorated.
+Imported only by affaccel.ops.concordance, after it decided that the Triton path runs; Triton
+decorates the kernels compiled or interpreted by its own TRITON_INTERPRET setting at that moment
+(affaccel.ops._dispatch checks that it matches AFFACCEL_TRITON_INTERPRET).
 
 Data layout (see affaccel/ops/concordance.py for the host side): the inputs are viewed as
 ``x, y: [G, L, K]`` (G groups of L frames, K targets; G = 1 for the "global" reduction, the

@@ -15,8 +15,9 @@ rows; the host sums the partials (no atomics, so the result is deterministic). T
 backward (`act_bwd_kernel`) is elementwise and also writes per-row-block partial sums of the
 bias gradient.
 
-Imported only by affaccel.ops.causal_conv, after TRITON_INTERPRET is settled, because Triton
-decides at decoration time whether a kernel is compiled or interpreted.
+Imported only by affaccel.ops.causal_conv (through affaccel.ops._dispatch.load_kernels, which
+checks Triton's TRITON_INTERPRET setting first), because Triton decides at decoration time
+whether a kernel is compiled or interpreted.
 """
 from __future__ import annotations
 

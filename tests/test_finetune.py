@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from clip_fixtures import make_dataset
 
 from affaccel.config import CPU_MODEL, TINY_MODEL, ClipConfig, FinetuneConfig
 from affaccel.finetune import build_parser, config_from_args
@@ -21,6 +20,8 @@ from affaccel.stages.finetune import (
     macro_f1,
 )
 from affaccel.stages.optim import class_weights
+
+from clip_fixtures import make_dataset
 
 CFG = FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=1e-3, batch_size=32, epochs=2,
                      num_threads=1)

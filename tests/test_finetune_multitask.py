@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from clip_fixtures import make_dataset
 
 from affaccel.config import (
     CPU_MODEL,
@@ -28,6 +27,8 @@ from affaccel.stages.finetune import (
     multitask_loss,
 )
 from affaccel.video.frames import AUG_GRAY_P, CLIP_MEAN, CLIP_STD, colour_jitter
+
+from clip_fixtures import make_dataset
 
 CFG = FinetuneConfig(clip=ClipConfig(model_name=TINY_MODEL), lr=1e-3, batch_size=32, epochs=1,
                      num_threads=1, aux_tasks=("va", "au"))

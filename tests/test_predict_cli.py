@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from predict_support import face_frames, make_bundle, write_video
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from predict_support import STRIDE, WINDOW, face_frames, make_bundle, write_video
 from tolerances import tol
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tolerances import tol
 
 from affaccel import _ext
 from affaccel import segments as S
+
+from tolerances import tol
 
 HYP = settings(max_examples=40, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.function_scoped_fixture])

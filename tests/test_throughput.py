@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tolerances import tol
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -132,9 +133,10 @@ def test_prefetch_keeps_order_and_reraises():
 
 def test_stage_timers_restore_the_predictor(tmp_path):
     import torch
-    from predict_support import make_bundle
 
     from affaccel.inference.predictor import AffectPredictor
+
+    from predict_support import make_bundle
 
     tp = _load("throughput")
     pred = AffectPredictor.from_bundle(make_bundle(tmp_path / "b.pt"), device="cpu")

@@ -21,9 +21,9 @@ with the ordinary (non-zero) gradient.
 
 Dispatch: CUDA tensors (float32/float16/bfloat16) take the fused Triton kernels; CPU tensors,
 float64 and empty inputs take the reference; AFFACCEL_TRITON_INTERPRET=1 runs the kernels on CPU
-through Triton's interpreter (with TRITON_INTERPRET=1, see affaccel.ops._dispatch); AFFACCEL_FORCE_REFERENCE=1 forces the reference. Both paths return
-float32 for float32/16/bf16 inputs (float64 for float64) and give gradients for pred and, if it
-requires them, for target.
+through Triton's interpreter (with Triton's TRITON_INTERPRET=1, see affaccel.ops._dispatch);
+AFFACCEL_FORCE_REFERENCE=1 forces the reference. Both paths return float32 for float32/16/bf16
+inputs (float64 for float64) and give gradients for pred and, if it requires them, for target.
 """
 from __future__ import annotations
 

@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affaccel.data.affwild2 import (AnnotationError, _parse_body_fast, _parse_body_ref,
-                                    load_affwild2, read_annotation, source_video)
+from affaccel.data.affwild2 import (
+    AnnotationError,
+    _parse_body_fast,
+    _parse_body_ref,
+    load_affwild2,
+    read_annotation,
+    source_video,
+)
 from affaccel.data.synthetic import reference_labels
 from affaccel.tasks import TASKS
 

@@ -3,14 +3,15 @@ through the interpreter) vs reference parity in eval and training, and a short t
 gives the same losses on both paths; the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from affaccel.nn.tcn import TCN, TemporalBlock
 from affaccel.ops import causal_conv as cc
+
 from tolerances import tol
 from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
+
 
 @pytest.fixture
 def interp(monkeypatch):

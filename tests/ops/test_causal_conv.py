@@ -3,14 +3,16 @@ F.conv1d reference: forward, every gradient, odd lengths, dilations, ragged chan
 non-contiguous inputs, NaN-prefilled outputs, determinism; and the same on CUDA (`gpu`)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from affaccel.ops import causal_conv as cc
+
+from fused_gradcheck import assert_jacobian_matches_float64, gradcheck_fp32
 from tolerances import tol
 from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
+
 
 @pytest.fixture
 def interp(monkeypatch):
@@ -219,6 +221,55 @@ def test_autocast_casts_like_conv1d(interp):
         y_ref = cc.causal_conv1d_ref(x, w, b, 2, "relu")
     assert y.dtype == y_ref.dtype == torch.bfloat16
     torch.testing.assert_close(y, y_ref, **tol(torch.bfloat16))
+
+
+@pytest.fixture
+def fused_backward_calls(monkeypatch):
+    """Counts runs of the fused backward, so a gradient check cannot pass on the reference."""
+    calls = []
+    real = cc.act_backward
+    monkeypatch.setattr(cc, "act_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+# (activation, residual, bias): the plain convolution; GELU through the residual epilogue (the
+# saved pre-activation and the residual re-read); LeakyReLU decided by signs, without a bias.
+GRADCHECK_CASES = [(None, False, True), ("gelu", True, True), ("leaky_relu", True, False)]
+
+
+def _gradcheck_inputs(res, bias, seed):
+    # B = 2 so that a shifted tap that crossed into the other sequence would show; reach
+    # (k-1)*d = 2 of T = 4 frames
+    x, w, b, r, _ = _inputs(2, 4, 2, 3, 2, res, bias=bias, seed=seed)
+    return tuple(t for t in (x, w, b, r) if t is not None)
+
+
+def _with_optional(act, res, bias, conv):
+    """conv(x, w, b, d, act, r) as a function of the tensors that exist (x, w[, b][, r])."""
+    def f(x, w, *rest):
+        rest = list(rest)
+        b = rest.pop(0) if bias else None
+        r = rest.pop(0) if res else None
+        return conv(x, w, b, 2, act, r)
+    return f
+
+
+@pytest.mark.parametrize("act,res,bias", GRADCHECK_CASES)
+def test_fused_gradcheck(interp, fused_backward_calls, act, res, bias):
+    """torch.autograd.gradcheck through CausalConv1dFn (float32: see fused_gradcheck) for
+    every input: x, weight, bias, residual."""
+    inputs = _gradcheck_inputs(res, bias, seed=4)
+    assert gradcheck_fp32(_with_optional(act, res, bias, _fused), inputs)
+    assert fused_backward_calls
+
+
+@pytest.mark.parametrize("act", [None, "relu", "gelu", "leaky_relu"])
+def test_fused_jacobian_matches_float64_finite_differences(interp, fused_backward_calls, act):
+    inputs = _gradcheck_inputs(True, True, seed=6)
+    assert_jacobian_matches_float64(_with_optional(act, True, True, _fused),
+                                    _with_optional(act, True, True, cc.causal_conv1d_ref),
+                                    inputs)
+    assert fused_backward_calls
 
 
 @pytest.mark.parametrize("act", [None, "gelu", "leaky_relu"])

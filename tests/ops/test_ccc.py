@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tolerances import tol
-from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
 import affaccel.ops.concordance as C
+
+from fused_gradcheck import assert_jacobian_matches_float64, gradcheck_fp32
+from tolerances import tol
+from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
 
 # --------------------------------------------------------------------------- helpers
@@ -236,6 +238,49 @@ def test_target_without_grad(interp):
     assert_grad_close(gx, rgx, "float32")
 
 
+# --------------------------------------------------------------------------- gradcheck, fused
+@pytest.fixture
+def fused_backward_calls(monkeypatch):
+    """Counts runs of the fused backward: a gradient check that silently took the reference
+    (autograd of ccc_ref) would check nothing of the kernels."""
+    calls = []
+    real = C.ccc_backward_fused
+    monkeypatch.setattr(C, "ccc_backward_fused",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("fn_name,shape,mask_kind,reduction", [
+    ("ccc", (2, 6, 2), "random", "global"),              # [K] output: one row per target
+    ("ccc_loss", (2, 5, 2), "empty_window", "per_window"),  # scalar; one window left out
+])
+def test_fused_gradcheck(interp, fused_backward_calls, fn_name, shape, mask_kind, reduction):
+    """torch.autograd.gradcheck through the fused autograd Function (float32: see
+    fused_gradcheck), gradients for pred and target."""
+    x, y, m = make(shape, mask_kind, seed=3)
+    fn = getattr(C, fn_name)
+    inputs = (x.requires_grad_(True), y.requires_grad_(True))
+    assert gradcheck_fp32(lambda a, b: fn(a, b, m, reduction), inputs)
+    assert fused_backward_calls
+
+
+@pytest.mark.parametrize("fn_name,shape,mask_kind,reduction,n_chunks", [
+    ("ccc", (2, 7, 3), "random", "global", 1),
+    ("ccc", (3, 5, 2), "empty_window", "per_window", 1),
+    ("ccc_loss", (40, 2), "random", "global", 3),   # chunks merged: the backward's hi/lo means
+])
+def test_fused_jacobian_matches_float64_finite_differences(
+        interp, small_tiles, fused_backward_calls, fn_name, shape, mask_kind, reduction,
+        n_chunks):
+    x, y, m = make(shape, mask_kind, seed=8, offset=0.5)
+    G, L, K = C._as_groups(x, y, m, reduction)[0].shape
+    assert C._grid(G, L, K)[2] == n_chunks
+    fused, ref = getattr(C, fn_name), getattr(C, fn_name + "_ref")
+    assert_jacobian_matches_float64(lambda a, b: fused(a, b, m, reduction),
+                                    lambda a, b: ref(a, b, m, reduction), (x, y))
+    assert fused_backward_calls
+
+
 # --------------------------------------------------------------------------- properties
 @pytest.mark.parametrize("reduction", ["global", "per_window"])
 @pytest.mark.parametrize("path", ["fused", "reference"])
@@ -389,8 +434,15 @@ def test_cpu_takes_reference_without_interpreter(monkeypatch):
         raise AssertionError("fused path taken on CPU without the interpreter")
 
     monkeypatch.setattr(C, "ccc_forward_fused", boom)
+    calls = []
+    real = C._group_ccc_ref
+    monkeypatch.setattr(C, "_group_ccc_ref", lambda *a: calls.append(1) or real(*a))
     x, y, m = make((2, 9, 2))
-    assert C.ccc_loss(x, y, m).item() == pytest.approx(C.ccc_loss_ref(x, y, m).item())
+    loss = C.ccc_loss(x, y, m)
+    assert calls == [1]
+    # the value against the independent NumPy CCC (not against ccc_loss_ref: that is what ran)
+    want = 1 - ccc_np(x, y, m, "global").mean()
+    np.testing.assert_allclose(loss.item(), want, **tol("float32"))
 
 
 def test_force_reference_and_float64_fallback(interp, monkeypatch):
@@ -410,9 +462,8 @@ def test_force_reference_and_float64_fallback(interp, monkeypatch):
 def test_public_names_and_callable_module():
     import affaccel.ops as ops
 
-    x, y, m = make((9, 2))
-    assert ops.ccc_loss is C.ccc_loss
-    torch.testing.assert_close(ops.ccc(x, y, m), C.ccc_ref(x, y, m))
+    for name in ("ccc", "ccc_loss", "ccc_ref", "ccc_loss_ref"):
+        assert getattr(ops, name) is getattr(C, name), name
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -57,10 +57,8 @@ print("OK")
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90_pipelined_on_tensor_cores():
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-    except Exception as e:  # a Triton build without the NVIDIA backend
-        pytest.skip(f"Triton's NVIDIA backend is unavailable: {e}")
+    # Triton (with its NVIDIA backend, part of the Linux wheels) is a hard dependency: a build
+    # without it fails here rather than skipping
     env = {k: v for k, v in os.environ.items()
            if k not in ("TRITON_INTERPRET", "AFFACCEL_TRITON_INTERPRET")}
     # a fresh process: Triton must be imported in compiled mode (the mode is process-wide);

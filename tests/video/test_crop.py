@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from affaccel.video.crop import crop_faces, crop_faces_dali, crop_faces_ref, square_boxes
+from affaccel.video.crop import (
+    crop_faces,
+    crop_faces_dali,
+    crop_faces_ref,
+    square_boxes,
+)
 from affaccel.video.frames import CLIP_MEAN, CLIP_STD
 
 MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from affaccel.video import decode
-from affaccel.video.decode import (VideoDecodeError, choose_backend, iter_video, probe_video,
-                                   read_video)
+from affaccel.video.decode import (
+    VideoDecodeError,
+    choose_backend,
+    iter_video,
+    probe_video,
+    read_video,
+)
 
 from _video_media import pattern_frame
 

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from affaccel.video.frames import CLIP_MEAN, CLIP_STD, FrameLoader, clip_preprocess_ref, shard_order
+from affaccel.video.frames import (
+    CLIP_MEAN,
+    CLIP_STD,
+    FrameLoader,
+    clip_preprocess_ref,
+    shard_order,
+)
 
 N = 23  # prime: no batch size or shard count used below divides it
 

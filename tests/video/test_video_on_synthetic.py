@@ -16,7 +16,7 @@ from affaccel.video.frames import FrameLoader, clip_preprocess_ref
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    synthetic = pytest.importorskip("affaccel.data.synthetic")
+    from affaccel.data import synthetic
     root = synthetic.generate(tmp_path_factory.mktemp("synth") / "set", n_train=1, n_val=1,
                               n_frames=(24, 24), raw_videos=1, workers=1, progress=False)
     manifest = json.loads((root / "synthetic.json").read_text())
