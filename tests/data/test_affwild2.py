@@ -82,7 +82,8 @@ def test_round_trip_synthetic_exact(tiny_set):
         for task in rec.tasks:
             bad = e["unannotated"][task]
             mask = rec.label_mask[task]
-            np.testing.assert_array_equal(mask, ~bad & ~e["missing"])
+            # frames without an image keep their label (scored, never trained on)
+            np.testing.assert_array_equal(mask, ~bad)
             lab = rec.labels[task]
             if task == "va":
                 assert lab.dtype == np.float32 and lab.shape == (T, 2)
@@ -119,13 +120,16 @@ def test_splits_and_get(tiny_set):
     assert ds.get("synth000_left").source_video == "synth000"
     with pytest.raises(KeyError, match="nope"):
         ds.get("nope")
+    for task in ds.tasks:   # the synthetic set files every task of a video in one split
+        assert ds.by_split("train", task) == [r for r in ds.by_split("train") if task in r.labels]
+        assert all(r.splits[task] == r.split for r in ds.videos if task in r.labels)
     with pytest.raises(ValueError, match="split"):
-        ds.by_split("test")
+        ds.by_split("holdout")
     only_val = load_affwild2(tiny_set[0], tasks=("va",), splits=("val",))
     assert {r.split for r in only_val.videos} == {"val"}
     assert all(r.tasks == ("va",) for r in only_val.videos)
     s = ds.summary()
-    assert "train: 5 videos" in s and "val: 3 videos" in s
+    assert "va: train 5 videos" in s and "val 3 videos" in s
 
 
 def test_fast_parser_matches_reference(tiny_set):
@@ -143,36 +147,41 @@ def test_fast_parser_matches_reference(tiny_set):
 # folds
 
 
-def test_folds_disjoint_cover_deterministic(tiny_set):
+def test_folds_official_first_then_training_chunks_rotated_with_validation(tiny_set):
     ds = load_affwild2(tiny_set[0])
-    folds = ds.folds(k=5, seed=0)
-    assert len(folds) == 5
-    all_ids = {r.video_id for r in ds.videos}
-    seen = []
-    for train, val in folds:
+    train_ids = {r.video_id for r in ds.by_split("train", "va")}
+    val_ids = {r.video_id for r in ds.by_split("val", "va")}
+    folds = ds.folds(3, "va", seed=0)
+    assert len(folds) == 3
+    # fold 0 is the official split, as in the paper's Table 1
+    assert {r.video_id for r in folds[0][0]} == train_ids and {r.video_id for r in folds[0][1]} == val_ids
+    held = []
+    for train, val in folds[1:]:
         tr, va = {r.video_id for r in train}, {r.video_id for r in val}
-        assert va and not tr & va and tr | va == all_ids
+        assert va and va <= train_ids and not tr & va        # a chunk of the training videos...
+        assert tr == (train_ids - va) | val_ids              # ...swapped with the official validation
         # a _left/_right pair never straddles train and validation
         assert not {r.source_video for r in train} & {r.source_video for r in val}
-        seen += sorted(va)
-    assert sorted(seen) == sorted(all_ids)              # each video validated exactly once
-    again = ds.folds(k=5, seed=0)
+        held += sorted(va)
+    assert sorted(held) == sorted(train_ids)                 # every training video held out once
+    again = ds.folds(3, "va", seed=0)
     assert [[r.video_id for r in v] for _, v in again] == [[r.video_id for r in v] for _, v in folds]
-    others = [[sorted(r.video_id for r in v) for _, v in ds.folds(k=5, seed=s)] for s in range(1, 6)]
+    others = [[sorted(r.video_id for r in v) for _, v in ds.folds(3, "va", seed=s)] for s in range(1, 6)]
     assert any(o != [sorted(r.video_id for r in v) for _, v in folds] for o in others)
 
 
 def test_folds_balanced_and_k_checked(tiny_set):
     ds = load_affwild2(tiny_set[0])
-    sizes = [sum(r.n_frames for r in v) for _, v in ds.folds(k=2, seed=3)]
-    biggest_group = max(sum(r.n_frames for r in ds.videos if r.source_video == s)
-                        for s in {r.source_video for r in ds.videos})
+    train = ds.by_split("train", "va")
+    sizes = [sum(r.n_frames for r in v) for _, v in ds.folds(3, "va", seed=3)[1:]]
+    biggest_group = max(sum(r.n_frames for r in train if r.source_video == s)
+                        for s in {r.source_video for r in train})
     assert abs(sizes[0] - sizes[1]) <= biggest_group
-    n_sources = len({r.source_video for r in ds.videos})
+    n_sources = len({r.source_video for r in train})
     with pytest.raises(ValueError, match="k must be"):
-        ds.folds(k=n_sources + 1)
+        ds.folds(n_sources + 2, "va")
     with pytest.raises(ValueError, match="k must be"):
-        ds.folds(k=1)
+        ds.folds(1, "va")
 
 
 def test_source_video_names():
@@ -260,16 +269,30 @@ def test_lenient_skips_and_summarises(tmp_path):
         load_affwild2(tmp_path, tasks=("va",), splits=("val",))
 
 
-def test_conflicting_splits(tmp_path):
+def test_each_task_keeps_its_own_split(tmp_path):
+    """Each challenge assigns its own splits: a video in Train_Set for VA and Validation_Set for
+    EXPR is read, trained on for VA and validated on for EXPR; its stage-1 role is validation."""
     _write(tmp_path, "va", "train", "v", _va(["0.1,0.2"]))
     _write(tmp_path, "expr", "val", "v", EXPR_HEAD + "\n1\n")
     _frames(tmp_path, "v", [1])
-    with pytest.raises(ValueError, match="different splits"):
+    ds = load_affwild2(tmp_path, tasks=("va", "expr"))
+    rec = ds.get("v")
+    assert rec.splits == {"va": "train", "expr": "val"} and rec.split == "val"
+    assert ds.by_split("train", "va") == [rec] and ds.by_split("val", "va") == []
+    assert ds.by_split("val", "expr") == [rec] and ds.skipped == []
+
+
+def test_a_bad_file_drops_only_its_task(tmp_path):
+    _write(tmp_path, "va", "train", "v", _va(["0.1,0.2", "7,0"]))          # out of range
+    _write(tmp_path, "expr", "train", "v", EXPR_HEAD + "\n1\n2\n")
+    _frames(tmp_path, "v", [1, 2])
+    with pytest.raises(AnnotationError, match="out of range"):
         load_affwild2(tmp_path, tasks=("va", "expr"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = load_affwild2(tmp_path, tasks=("va", "expr"), lenient=True)
-    assert len(ds) == 0 and "different splits" in ds.skipped[0][1]
+    assert ds.get("v").tasks == ("expr",)
+    assert len(ds.skipped) == 1 and "task va" in ds.skipped[0][1] and ":3:" in ds.skipped[0][1]
 
 
 def test_missing_task_folder_and_bad_arguments(tmp_path):
@@ -280,6 +303,8 @@ def test_missing_task_folder_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         load_affwild2(tmp_path, tasks=("valence",))
     with pytest.raises(ValueError, match="unknown split"):
+        load_affwild2(tmp_path, tasks=("va",), splits=("holdout",))
+    with pytest.raises(FileNotFoundError, match="test sample files"):
         load_affwild2(tmp_path, tasks=("va",), splits=("test",))
     with pytest.raises(FileNotFoundError, match="not a folder"):
         load_affwild2(tmp_path / "absent")
@@ -325,7 +350,7 @@ def test_new_50_vids_folder_is_merged(tmp_path):
     assert roots == ["cropped_aligned", "cropped_aligned_new_50_vids",
                      "cropped_aligned_new_50_vids", "cropped_aligned_new_50_vids",
                      "cropped_aligned_new_50_vids"]
-    assert list(a.label_mask["va"]) == [True, True, False, True, False]
+    assert list(a.label_mask["va"]) == [True] * 5       # frames without an image keep their label
     assert ds.get("b").frame_present.all()
 
 
