@@ -151,3 +151,23 @@ def table_keys(task: str) -> list[str]:
 
 
 task_metric = task_metrics  # the name in the interface notes
+
+
+def war(y_true: Any, y_pred: Any) -> float:
+    """Weighted average recall (the video FER literature's WAR): plain accuracy over all clips.
+    y_true, y_pred: [N] int class ids."""
+    t, p = _np(y_true, "y_true").ravel(), _np(y_pred, "y_pred").ravel()
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"war: y_true {t.shape} and y_pred {p.shape} must be equal, non-empty")
+    return float((t == p).mean())
+
+
+def uar(y_true: Any, y_pred: Any, labels: Any = None) -> float:
+    """Unweighted average recall: the mean over classes of per-class recall, over the classes
+    that occur in ``y_true`` (``labels`` restricts / orders them; classes of ``labels`` with no
+    true sample are left out, as scikit-learn's macro recall would count them as 0)."""
+    t, p = _np(y_true, "y_true").ravel(), _np(y_pred, "y_pred").ravel()
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"uar: y_true {t.shape} and y_pred {p.shape} must be equal, non-empty")
+    classes = np.unique(t) if labels is None else [c for c in labels if np.any(t == c)]
+    return float(np.mean([np.mean(p[t == c] == c) for c in classes]))

@@ -108,10 +108,11 @@ LAYERS = [
                 "affaccel._ext", "affaccel.io_utils", "affaccel.device"}),
     ("core", {"affaccel.metrics", "affaccel.segments", "affaccel.plots", "affaccel.distributed",
               "affaccel.ops", "affaccel.nn", "affaccel.kernels", "affaccel.data", "affaccel.video",
-              "affaccel.faces", "affaccel.bundle"}),
+              "affaccel.faces", "affaccel.bundle", "affaccel.emoclip"}),
     ("inference", {"affaccel.inference"}),
-    ("stages", {"affaccel.stages"}),
-    ("cli", CLIS | {"affaccel.info", "affaccel"}),
+    ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate"}),
+    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.emoclip.train", "affaccel.emoclip.zeroshot",
+                    "affaccel.emoclip.embed"}),
 ]
 
 

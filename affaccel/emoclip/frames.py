@@ -1,0 +1,87 @@
+"""Per-frame zero-shot class probabilities on any video: the ``zs_<label>`` columns.
+
+Per-frame image embeddings [T, D] (EmoCLIP's image tower over the face crops) are cut into
+windows of ``clip_len * frame_step`` frames (``affaccel.segments.plan_windows``, stride half a
+window); each window's clip (every ``frame_step``-th frame, reflect-padded when the video is
+shorter) goes through the temporal model, its class probabilities are given to every frame of
+the window, and ``affaccel.segments.overlap_average`` spreads them back to frames.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from affaccel.emoclip.clips import sample_indices
+from affaccel.emoclip.descriptions import LabelSet, load_label_set
+from affaccel.segments import overlap_average, plan_windows
+
+
+class ZeroShotScorer:
+    """An EmoCLIP model + a label set -> per-frame probabilities [T, C].
+
+    ``encoder``: the image tower as a ClipEncoder (crops size / mean / std); ``columns``:
+    ``zs_<label>`` per class; ``clip_len`` / ``frame_step``: the clips the model was trained on.
+    """
+
+    def __init__(self, model, labels: LabelSet, clip_len: int = 32, frame_step: int = 2,
+                 stride: int | None = None, batch: int = 64):
+        from affaccel.emoclip.text import class_embeddings
+
+        self.model = model.eval()
+        self.labels = labels
+        self.clip_len, self.frame_step = int(clip_len), int(frame_step)
+        self.window = self.clip_len * self.frame_step
+        self.stride = int(stride or max(1, self.window // 2))
+        self.batch = batch
+        self.encoder = model.image_encoder()
+        self.class_emb = class_embeddings(model, labels)
+        self.columns = [f"zs_{n}" for n in labels.names]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, labels=None, **kw) -> "ZeroShotScorer":
+        """From an EmoCLIP checkpoint; ``labels`` (built-in name, file or LabelSet) defaults to the
+        label set the checkpoint was trained with (else affaccel's 8 expressions)."""
+        from affaccel.emoclip.model import load_emoclip
+
+        model, extra = load_emoclip(path, return_extra=True)
+        if labels is None:
+            labels = LabelSet.from_dict(extra["labels"]) if "labels" in extra else load_label_set("affaccel")
+        tc = extra.get("train_config", {})
+        kw.setdefault("clip_len", tc.get("clip_len", 32))
+        kw.setdefault("frame_step", tc.get("frame_step", 2))
+        return cls(model, load_label_set(labels), **kw)
+
+    def to(self, device) -> "ZeroShotScorer":
+        self.model.to(device)
+        self.class_emb = self.class_emb.to(device)
+        return self
+
+    def window_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(window starts [N], frame indices [N, clip_len]) of an n-frame video."""
+        starts = plan_windows(n, self.window, self.stride)
+        idx = np.stack([s + sample_indices(min(self.window, n - s), self.clip_len, self.frame_step)
+                        for s in starts])
+        return starts, idx
+
+    def frame_probs(self, feats) -> np.ndarray:
+        """feats: [T, D] image embeddings (NumPy or torch) -> probabilities [T, C] float32."""
+        import torch
+        from torch.nn import functional as F
+
+        x = torch.as_tensor(np.asarray(feats, np.float32) if not torch.is_tensor(feats) else feats).float()
+        n = x.shape[0]
+        starts, idx = self.window_indices(n)
+        dev = self.model.logit_scale.device
+        probs = []
+        with torch.no_grad():
+            for i in range(0, len(idx), self.batch):
+                v = self.model.encode_video(x[torch.as_tensor(idx[i:i + self.batch])].to(dev))
+                logits = self.model.logit_scale.exp() * F.normalize(v.float(), dim=-1) @ self.class_emb.t()
+                probs.append(torch.softmax(logits, -1).cpu().numpy())
+        p = np.concatenate(probs).astype(np.float32)                       # [N, C]
+        win = np.repeat(p[:, None, :], self.window, axis=1)                # [N, w, C]
+        return np.asarray(overlap_average(win, starts, n), np.float32)
+
+
+__all__ = ["ZeroShotScorer"]
