@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--splits", default="train,val", help="comma-separated: train,val")
     p.add_argument("--verify", action="store_true", help="CRC-check cached entries before skipping")
+    p.add_argument("--frames-backend", choices=("auto", "dali", "pil"), default="auto",
+                   help="frame image decoder: DALI (nvJPEG on GPU) or PIL; auto: DALI when installed. "
+                        "Either way a corrupt or truncated image is reported and masked like a missing frame")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     # affaccel's own messages at INFO; open_clip logs its model building on the root logger
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir, summary = extract_dataset(args.data_root, args.checkpoint, args.cache, args.model,
                              args.pretrained, args.batch_size, device,
                              tuple(s for s in args.splits.split(",") if s), not args.quiet,
-                             args.verify)
+                             args.verify, args.frames_backend)
     dt = time.time() - t0
     print(f"extracted {len(summary['extracted'])} videos ({summary['frames']} frames), "
           f"skipped {len(summary['skipped'])} already cached, failed {len(summary['failed'])}, "

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: AFFACCEL_HOME/runs/finetune)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--frames-backend", choices=("auto", "dali", "pil"), default=None,
+                   help="frame image decoder (default auto: DALI when installed); a corrupt or "
+                        "truncated image is reported and its frame left out of the loss")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -71,6 +74,8 @@ def config_from_args(args, cuda: bool) -> FinetuneConfig:
             over[name] = value
     if args.class_weights:
         over["class_weights"] = True
+    if getattr(args, "frames_backend", None):
+        over["backend"] = args.frames_backend
     if args.aux_tasks is not None:
         names = [] if args.aux_tasks.strip() in ("", "none") else args.aux_tasks.split(",")
         over["aux_tasks"] = check_aux([n.strip() for n in names])

@@ -157,8 +157,11 @@ class FeatureCache:
                              "run the extraction again to rebuild it")
         return np.load(self.path(video_id), mmap_mode="r")
 
-    def write(self, video_id: str, features: np.ndarray) -> Path:
-        """Store features [T, D] (cast to float16) atomically, then record them in the manifest."""
+    def write(self, video_id: str, features: np.ndarray, bad_frames=()) -> Path:
+        """Store features [T, D] (cast to float16) atomically, then record them in the manifest.
+
+        bad_frames: 0-based frames whose image could not be decoded (their rows hold a
+        neighbour's feature); recorded so that training masks them like missing frames."""
         feats = np.ascontiguousarray(features, dtype=FEATURE_DTYPE)
         if feats.ndim != 2 or feats.shape[0] == 0:
             raise ValueError(f"features of {video_id!r} must be [T, D] with T >= 1, got {feats.shape}")
@@ -175,9 +178,29 @@ class FeatureCache:
         self._manifest["feature_dim"] = int(feats.shape[1])
         self._manifest["videos"][video_id] = {
             "n_frames": int(feats.shape[0]), "bytes": path.stat().st_size,
-            "crc32": _crc32_file(path)}
+            "crc32": _crc32_file(path), "bad_frames": [int(i) for i in bad_frames]}
         atomic_write_json(self.manifest_path, self._manifest)
         return path
+
+    def bad_frames(self, video_id: str) -> np.ndarray:
+        """0-based frames of ``video_id`` whose image could not be decoded (int64, maybe empty)."""
+        entry = self._manifest["videos"].get(video_id) or {}
+        return np.asarray(entry.get("bad_frames", []), np.int64)
+
+    def mask_bad_frames(self, records: Sequence[Any]) -> list:
+        """Records with their undecodable frames marked absent (``frame_present`` False), so
+        they train nothing, as missing frames (they are still scored)."""
+        import dataclasses
+
+        out = []
+        for r in records:
+            bad = self.bad_frames(r.video_id)
+            if len(bad):
+                present = np.asarray(r.frame_present, bool).copy()
+                present[bad[bad < len(present)]] = False
+                r = dataclasses.replace(r, frame_present=present)
+            out.append(r)
+        return out
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete temp files a killed writer left behind (one writer per cache folder assumed)."""
@@ -195,8 +218,9 @@ class FeatureCache:
 # -- extraction --------------------------------------------------------------------------------
 
 def _encode_batches(paths: Sequence[Path], encoder, batch_size: int, device, num_threads: int,
-                    backend: str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Yield (index [B], features [B, D] float16) for ``paths`` in order through the encoder."""
+                    backend: str) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (index [B], features [B, D] float16, decoded [B] bool) for ``paths`` in order
+    through the encoder (decoded False: corrupt / truncated image, see FrameLoader)."""
     import torch
 
     from affaccel.device import autocast
@@ -210,7 +234,7 @@ def _encode_batches(paths: Sequence[Path], encoder, batch_size: int, device, num
         for batch in loader:
             feats = encoder(batch["images"].to(device, non_blocking=True))
             yield (batch["index"].cpu().numpy().astype(np.int64),
-                   feats.to(torch.float16).cpu().numpy())
+                   feats.to(torch.float16).cpu().numpy(), batch["ok"].numpy())
 
 
 class _Assembler:
@@ -224,10 +248,13 @@ class _Assembler:
         lengths = np.array([r.n_frames for r in records], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.buffers: dict[int, np.ndarray] = {}
+        self.decoded: dict[int, np.ndarray] = {}
         self.filled = np.zeros(len(records), dtype=np.int64)
         self.done: list[str] = []
+        self.failed: dict[str, str] = {}
 
-    def add(self, index: np.ndarray, feats: np.ndarray) -> int:
+    def add(self, index: np.ndarray, feats: np.ndarray, ok: np.ndarray | None = None) -> int:
+        ok = np.ones(len(index), bool) if ok is None else np.asarray(ok, bool)
         vids = np.searchsorted(self.starts, index, side="right") - 1
         for v in np.unique(vids):
             rows = vids == v
@@ -235,7 +262,9 @@ class _Assembler:
             if buf is None:
                 buf = self.buffers[v] = np.zeros((self.records[v].n_frames, feats.shape[1]),
                                                  dtype=FEATURE_DTYPE)
+                self.decoded[v] = np.zeros(self.records[v].n_frames, bool)
             buf[index[rows] - self.starts[v]] = feats[rows]
+            self.decoded[v][index[rows] - self.starts[v]] = ok[rows]
             self.filled[v] += int(rows.sum())
             if self.filled[v] == self.records[v].n_frames:
                 self._flush(int(v))
@@ -243,7 +272,17 @@ class _Assembler:
 
     def _flush(self, v: int) -> None:
         vid = self.records[v].video_id
-        self.cache.write(vid, self.buffers.pop(v))
+        feats, decoded = self.buffers.pop(v), self.decoded.pop(v)
+        if not decoded.any():
+            self.failed[vid] = "no frame image of this video could be decoded"
+            log.error("video %s: features not extracted: %s", vid, self.failed[vid])
+            return
+        bad = np.nonzero(~decoded)[0]
+        if len(bad):   # like a missing frame: the previous decodable frame's feature (leading: the first)
+            src = np.maximum.accumulate(np.where(decoded, np.arange(len(decoded)), -1))
+            src[src < 0] = int(np.argmax(decoded))
+            feats = feats[src]
+        self.cache.write(vid, feats, bad_frames=bad)
         self.done.append(vid)
         if self.on_video_done is not None:
             self.on_video_done(vid)
@@ -280,12 +319,14 @@ def _retry_one_by_one(pending, asm: _Assembler, encode, cache, on_video_done, ba
     """One unreadable frame stops a pipeline over all videos; redo the unfinished videos one by
     one so a bad video is reported and the others still get their features."""
     for r in pending:
-        if r.video_id in asm.done:
+        if r.video_id in asm.done or r.video_id in asm.failed:
             continue
         try:
             one = _Assembler([r], cache, on_video_done)
-            for index, feats in encode(r.frame_paths):
-                one.add(index, feats)
+            for index, feats, ok in encode(r.frame_paths):
+                one.add(index, feats, ok)
+            if r.video_id in one.failed:
+                raise ValueError(one.failed[r.video_id])
             if not one.done:
                 raise RuntimeError(f"frame pipeline returned {one.filled[0]} of {r.n_frames} frames")
             asm.done.append(r.video_id)
@@ -336,13 +377,14 @@ def extract_features(records: Sequence[Any], encoder, cache: FeatureCache, batch
     asm = _Assembler(pending, cache, on_video_done)
     try:
         try:
-            for index, feats in encode([p for r in pending for p in r.frame_paths]):
-                bar.update(asm.add(index, feats))
+            for index, feats, ok in encode([p for r in pending for p in r.frame_paths]):
+                bar.update(asm.add(index, feats, ok))
         except (OSError, RuntimeError, ValueError) as e:
             log.warning("extraction over all videos failed (%s); retrying video by video", e)
             _retry_one_by_one(pending, asm, encode, cache, on_video_done, bar, result["failed"])
     finally:
         bar.close()
+    result["failed"].update(asm.failed)
     for r in pending:
         if r.video_id not in asm.done and r.video_id not in result["failed"]:
             result["failed"][r.video_id] = "frame pipeline ended before all frames of this video were seen"
@@ -373,7 +415,7 @@ def load_encoder(checkpoint: str | None = None, model: str | None = None,
 
 def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
                     batch_size: int = 256, device: str = "cpu", splits=("train", "val"), progress=True,
-                    verify: bool = False) -> tuple[Path, dict]:
+                    verify: bool = False, backend: str = "auto") -> tuple[Path, dict]:
     """Extract features for every video of ``data_root`` (default: built-in synthetic set).
 
     Returns (cache folder of this encoder, summary from ``extract_features``).
@@ -388,7 +430,7 @@ def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None
     encoder = load_encoder(checkpoint, model, pretrained)
     cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
     summary = extract_features(records, encoder, cache, batch_size=batch_size, device=device,
-                               progress=progress, verify=verify)
+                               progress=progress, verify=verify, backend=backend)
     return cache.dir, summary
 
 

@@ -191,6 +191,10 @@ def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, d
         for batch in _loader(paths, labels, batch_size, enc, device, False, cfg, cfg.seed):
             out = model(batch["images"].to(device)).float()
             outs[batch["index"].cpu().numpy()] = out[:, :width].cpu().numpy()
+            undecoded = batch["index"][~batch["ok"]].numpy()
+            if len(undecoded):   # corrupt / truncated images are not scored
+                labels = labels.copy()
+                labels[undecoded] = _no_labels(len(undecoded))
     model.train(was_training)
     if np.isnan(outs).any():
         raise RuntimeError(f"validation loader skipped {np.isnan(outs).any(1).sum()} of "
@@ -461,6 +465,19 @@ def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, 
     return float(torch.stack(losses).float().mean()) if losses else float("nan")
 
 
+def _mask_undecoded(batch):
+    """The batch's labels with frames whose image did not decode (``ok`` False: corrupt or
+    truncated file, a grey placeholder was fed) marked unlabelled, so they train nothing."""
+    import torch
+
+    labels, ok = batch["labels"], batch.get("ok")
+    if ok is None or bool(ok.all()):
+        return labels
+    labels = labels.clone()
+    labels[~ok.to(labels.device)] = torch.from_numpy(_no_labels(1)).to(labels.device, labels.dtype)
+    return labels
+
+
 def _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum, micro_per_epoch, state,
                        bar) -> list:
     """Forward/backward over the loader's micro-batches, an optimizer step per ``accum`` of
@@ -483,7 +500,7 @@ def _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum, micro_p
         with sync:
             with autocast(dev, model.encoder.config.precision):
                 logits = ddp(batch["images"].to(dev, non_blocking=True))
-            loss, _ = multitask_loss(logits, batch["labels"].to(dev), cfg.aux_tasks, weight,
+            loss, _ = multitask_loss(logits, _mask_undecoded(batch).to(dev), cfg.aux_tasks, weight,
                                      cfg.label_smoothing)
             (loss / group_len).backward()
         losses.append(loss.detach())

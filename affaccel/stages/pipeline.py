@@ -140,7 +140,8 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
     with distributed.main_process_first():  # rank 0 extracts; the other ranks then find the cache
         cache, failed = feature_stage(list(dataset.videos), encoder, job.progress)
     timings["extract_s"] = time.perf_counter() - t0
-    keep = lambda rs: [r for r in rs if r.video_id not in failed]  # noqa: E731
+    # frames whose image would not decode are masked like missing ones
+    keep = lambda rs: cache.mask_bad_frames([r for r in rs if r.video_id not in failed])  # noqa: E731
     return Prepared(root, preset, encoder, cache, keep(train_records), keep(val_records), timings)
 
 

@@ -13,11 +13,14 @@ partial batch is delivered as it is, with no padding samples.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Iterator, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # OpenAI CLIP normalisation (open_clip's OPENAI_DATASET_MEAN / _STD), on the 0..1 scale.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,6 +40,83 @@ AUG_CHANNEL_GAIN = (0.85, 1.15)    # independent gain per RGB channel (colour ca
 AUG_SHIFT = (-0.1, 0.1)            # additive shift on the 0..1 scale, shared by the channels
 AUG_GRAY_P = 0.3                   # probability of turning a frame grey (ITU-R 601 luma)
 _LUMA = (0.299, 0.587, 0.114)
+# FrameLoader backends ("pil" is the command lines' name of the reference backend)
+FRAMES_BACKENDS = ("auto", "dali", "reference", "pil")
+
+
+# ---------------------------------------------------------------------------------------------
+# Undecodable frames
+#
+# A corrupt or truncated image must not take the process down: nvImageCodec has crashed the
+# process (SIGSEGV) on such files, so the DALI path checks the bytes it already holds before
+# handing them over, and both backends replace a bad frame with a grey placeholder and report
+# it (``ok`` False in the batch, the path in ``FrameLoader.bad``): callers treat it like a
+# missing frame (the neighbour's feature, masked).
+
+
+def image_problem(data) -> str | None:
+    """Why the encoded image ``data`` (bytes or uint8 array) cannot be decoded, or None.
+
+    A structural check on bytes already in memory (no decoding): JPEG needs SOI, a consistent
+    marker chain up to a frame header and the scan, and EOI at the end (truncation); PNG needs
+    its signature and IEND. Other formats pass (the decoder still reports them).
+    """
+    b = data if isinstance(data, bytes) else np.asarray(data, np.uint8).tobytes()
+    if len(b) < 4:
+        return f"{len(b)} bytes"
+    if b[:2] == b"\xff\xd8":
+        return _jpeg_problem(b)
+    if b[:8] == b"\x89PNG\r\n\x1a\n":
+        return None if b"IEND" in b[-16:] else "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _jpeg_problem(b: bytes) -> str | None:
+    tail = b.rstrip(b"\x00")
+    if not tail.endswith(b"\xff\xd9"):
+        return "truncated JPEG (no end-of-image marker)"
+    pos, frame = 2, False
+    while pos + 4 <= len(b):
+        if b[pos] != 0xFF:
+            return f"invalid JPEG marker at byte {pos}"
+        marker = b[pos + 1]
+        if marker == 0xFF:                       # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers
+            pos += 2
+            continue
+        length = int.from_bytes(b[pos + 2:pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(b):
+            return f"JPEG segment at byte {pos} runs past the end of the file"
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            frame = True
+        if marker == 0xDA:
+            return None if frame else "JPEG scan without a frame header"
+        pos += 2 + length
+    return "JPEG without image data"
+
+
+_PLACEHOLDER: dict[str, np.ndarray] = {}
+
+
+def placeholder_jpeg() -> np.ndarray:
+    """Encoded bytes of a small mid-grey JPEG: what a bad frame is decoded as."""
+    if "jpeg" not in _PLACEHOLDER:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (128, 128, 128)).save(buf, format="JPEG")
+        _PLACEHOLDER["jpeg"] = np.frombuffer(buf.getvalue(), np.uint8).copy()
+    return _PLACEHOLDER["jpeg"]
+
+
+def _report_bad(bad: dict, path: str, reason: str) -> None:
+    if path not in bad:
+        bad[path] = reason
+        log.warning("%s: cannot decode image (%s); treated as a missing frame", path, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,17 +267,25 @@ class _EpochSource:
     Remembers which batches were handed to DALI, so a decode error can name the bad file.
     """
 
-    def __init__(self, paths, batches):
+    def __init__(self, paths, batches, bad: dict):
         self.paths, self.batches, self.fed = paths, batches, 0
+        self.bad = bad               # path -> reason, shared with the loader
+        self.bad_pos: set[int] = set()
 
     def __iter__(self):
         for idx in self.batches:
             encoded = []
             for i in idx:
                 try:
-                    encoded.append(np.fromfile(self.paths[i], dtype=np.uint8))
+                    data = np.fromfile(self.paths[i], dtype=np.uint8)
                 except FileNotFoundError:
                     raise FileNotFoundError(f"image file not found: {self.paths[i]}") from None
+                why = image_problem(data)
+                if why is not None:   # never hand nvImageCodec a broken file (it can segfault)
+                    _report_bad(self.bad, self.paths[i], why)
+                    self.bad_pos.add(int(i))
+                    data = placeholder_jpeg()
+                encoded.append(data)
             self.fed += 1
             yield encoded, [np.array([i], np.int64) for i in idx]
 
@@ -245,14 +333,17 @@ class FrameLoader:
     """Batches of normalised frames from image files, for CLIP fine-tuning and extraction.
 
     Iterating yields dicts: ``images`` [B, 3, S, S] (dtype, on device), ``labels`` [B] (when
-    labels are given; on device), ``index`` [B] int64 CPU positions into ``paths``.
+    labels are given; on device), ``index`` [B] int64 CPU positions into ``paths``, ``ok`` [B]
+    bool CPU: False where the file could not be decoded (corrupt or truncated; its image is a
+    grey placeholder, the path and reason are in ``self.bad`` and logged). Such a frame must
+    be treated like a missing one; the process never depends on the decoder surviving it.
 
     train=False: this shard's images in order, each exactly once, last batch partial.
     train=True: a seeded permutation per epoch (epoch = number of previous iterations, or
     set_epoch), equal-size shards, augmentation (random resized crop, brightness/contrast, flip;
     then ``colour_jitter``).
     augment: None follows ``train``; False gives shuffled training batches without augmentation.
-    backend: "dali", "reference" (PIL/NumPy) or "auto" (DALI when importable).
+    backend: "dali", "reference" / "pil" (PIL/NumPy) or "auto" (DALI when importable).
     """
 
     def __init__(self, paths: Sequence[str], labels=None, batch_size: int = 256,
@@ -278,8 +369,10 @@ class FrameLoader:
         self.device = str(torch.device(device))
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-        if backend not in ("auto", "dali", "reference"):
-            raise ValueError(f"backend must be 'auto', 'dali' or 'reference', got {backend!r}")
+        if backend not in FRAMES_BACKENDS:
+            raise ValueError(f"backend must be one of {FRAMES_BACKENDS}, got {backend!r}")
+        if backend == "pil":
+            backend = "reference"
         if backend == "auto":
             from .decode import dali_available
 
@@ -294,6 +387,7 @@ class FrameLoader:
         self.dtype = _torch_dtype(dtype if dtype is not None else torch.float32)
         self.num_threads = int(num_threads)
         self.epoch = 0
+        self.bad: dict[str, str] = {}   # undecodable files seen so far: path -> reason
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration uses (its shuffle and augmentation seeds)."""
@@ -319,12 +413,14 @@ class FrameLoader:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _finish(self, images, index: np.ndarray, jitter=None) -> dict:
+    def _finish(self, images, index: np.ndarray, jitter=None, ok=None) -> dict:
         import torch
 
         if jitter is not None:
             images = colour_jitter(images, self.mean, self.std, jitter)
-        out = {"images": images.to(self.dtype), "index": torch.from_numpy(index)}
+        ok = np.ones(len(index), bool) if ok is None else ok
+        out = {"images": images.to(self.dtype), "index": torch.from_numpy(index),
+               "ok": torch.from_numpy(ok)}
         if self.labels is not None:
             out["labels"] = torch.as_tensor(self.labels[index]).to(self.device, non_blocking=True)
         return out
@@ -338,6 +434,21 @@ class FrameLoader:
         key = np.random.SeedSequence([self.seed, epoch, self.shard_id, 7]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(key))
 
+    def _ref_image(self, i: int, rng) -> tuple[np.ndarray, bool]:
+        """Frame ``i`` as [3, S, S] float32 and whether it decoded (a grey frame if not)."""
+        from PIL import Image
+
+        ok = True
+        try:
+            im = _load_rgb(self.paths[i])
+        except ValueError as e:          # corrupt / truncated: reported, grey placeholder
+            _report_bad(self.bad, self.paths[i], str(e).removeprefix(f"{self.paths[i]}: "))
+            im, ok = Image.new("RGB", (self.image_size, self.image_size), (128, 128, 128)), False
+        if self.augment:
+            return _normalise(_augment_ref(im, self.image_size, rng), self.mean, self.std), ok
+        im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+        return _normalise(im, self.mean, self.std), ok
+
     def _iter_ref(self, batches, epoch):
         import torch
 
@@ -345,15 +456,10 @@ class FrameLoader:
         rng = np.random.default_rng([self.seed, epoch, self.shard_id])
         jitter = self._jitter_generator(epoch)
         for idx in batches:
-            if self.augment:
-                arr = np.stack([_normalise(_augment_ref(_load_rgb(self.paths[i]),
-                                                        self.image_size, rng), self.mean, self.std)
-                                for i in idx])
-                images = torch.from_numpy(arr)
-            else:
-                images = clip_preprocess_ref([self.paths[i] for i in idx], self.image_size,
-                                             self.mean, self.std)
-            yield self._finish(images.to(self.device), idx, jitter)
+            pairs = [self._ref_image(int(i), rng) for i in idx]
+            images = torch.from_numpy(np.stack([a for a, _ in pairs]))
+            ok = np.array([k for _, k in pairs], bool)
+            yield self._finish(images.to(self.device), idx, jitter, ok)
 
     def _iter_dali(self, batches, epoch):
         import torch
@@ -364,7 +470,7 @@ class FrameLoader:
         else:
             dev = torch.device(self.device)
             device_id = dev.index if dev.index is not None else torch.cuda.current_device()
-        source = _EpochSource(self.paths, batches)
+        source = _EpochSource(self.paths, batches, self.bad)
         # A fresh pipeline per epoch: its random seed follows (seed, epoch, shard), and an
         # epoch left early leaves no prefetched batches behind for the next one.
         pipe = _dali_pipeline(
@@ -384,26 +490,19 @@ class FrameLoader:
             except StopIteration:
                 break
             except RuntimeError as e:
-                raise _name_bad_file(self.paths, batches[delivered:source.fed], e) from None
+                # a file the structural check let through: finish the epoch on the reference
+                # decoder (a new DALI pipeline after a failed one is what crashed before)
+                log.warning("DALI image pipeline failed (%s); decoding the remaining %d batches "
+                            "with PIL", str(e).splitlines()[0][:200], len(batches) - delivered)
+                yield from self._iter_ref(batches[delivered:], epoch)
+                return
             out = out[0]
             index = out["index"].reshape(-1).cpu().numpy().astype(np.int64)
             if not np.array_equal(index, batches[delivered]):  # DALI must keep our order
                 raise RuntimeError("DALI returned batches out of order")
             delivered += 1
-            yield self._finish(out["images"], index, jitter)
+            ok = np.array([int(i) not in source.bad_pos for i in index], bool)
+            yield self._finish(out["images"], index, jitter, ok)
         if delivered != len(batches):
             raise RuntimeError(f"DALI delivered {delivered} of {len(batches)} batches")
 
-
-def _name_bad_file(paths, pending_batches, err) -> Exception:
-    """Turn a DALI decode failure into an error naming the first undecodable file."""
-    from PIL import Image
-
-    for idx in pending_batches:
-        for i in idx:
-            try:
-                with Image.open(paths[i]) as im:
-                    im.load()
-            except Exception:
-                return ValueError(f"{paths[i]}: cannot decode image (DALI: {err})")
-    return RuntimeError(f"DALI image pipeline failed: {err}")
