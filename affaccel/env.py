@@ -26,6 +26,11 @@ VARIABLES = {
         "0",
         "1 makes every op take its pure PyTorch/NumPy reference, also on GPU (A/B, debugging)",
     ),
+    "AFFACCEL_AUTOTUNE": (
+        "full",
+        "full: the TCN conv kernels autotune among their tile shapes (one compile each, first call per "
+        "shape); pinned: one shape per dtype/precision, no tuning (tests, short GPU checks)",
+    ),
     "AFFACCEL_DISABLE_EXT": (
         "0",
         "1 ignores the compiled extension affaccel._C and uses the NumPy references",
@@ -70,6 +75,14 @@ def triton_interpret() -> bool:
 
 def force_reference() -> bool:
     return flag("AFFACCEL_FORCE_REFERENCE")
+
+
+def autotune_pinned() -> bool:
+    """AFFACCEL_AUTOTUNE=pinned: one kernel config per dtype/precision instead of autotuning."""
+    value = _raw("AFFACCEL_AUTOTUNE").strip().lower()
+    if value not in ("full", "pinned"):
+        raise ValueError(f"AFFACCEL_AUTOTUNE must be 'full' or 'pinned', got {value!r}")
+    return value == "pinned"
 
 
 def extension_disabled() -> bool:

@@ -38,8 +38,15 @@ N_PARTIALS = 8
 S_HX, S_LX, S_HY, S_LY, S_CCC, S_COEF = (tl.constexpr(i) for i in range(6))
 N_STATS = 6
 
+# Compile budget: sizes, offsets and the strides other than the unit ones vary from call to call
+# and are not specialised (one compile per dtype and block shape, not per input length); the
+# unit strides (contiguous last dims) keep their ==1 specialisation.
+PARTIALS_DNS = ["G", "L", "K", "n_chunks", "sxg", "sxl", "syg", "syl", "smg"]
+FINALIZE_DNS = ["off_stats", "off_invw", "G", "K", "n_chunks"]
+BACKWARD_DNS = ["off_stats", "off_invw", "G", "L", "K", "sxg", "sxl", "syg", "syl", "smg", "s_gout"]
 
-@triton.jit
+
+@triton.jit(do_not_specialize=PARTIALS_DNS)
 def ccc_partials_kernel(
     x_ptr, y_ptr, m_ptr, part_ptr,  # part_ptr: the workspace, partials first
     G, L, K, n_chunks,
@@ -95,7 +102,7 @@ def ccc_partials_kernel(
     tl.store(base + P_CXY * stride_q, cxy, mask=in_k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=FINALIZE_DNS)
 def ccc_finalize_kernel(
     ws_ptr, out_ptr, loss_ptr, off_stats, off_invw,
     G, K, n_chunks,
@@ -183,7 +190,7 @@ def ccc_finalize_kernel(
     tl.store(loss_ptr, 1.0 - total / K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=BACKWARD_DNS)
 def ccc_backward_kernel(
     x_ptr, y_ptr, m_ptr, ws_ptr, off_stats, off_invw, gout_ptr, gx_ptr, gy_ptr,
     G, L, K, scale,

@@ -15,6 +15,14 @@ rows; the host sums the partials (no atomics, so the result is deterministic). T
 backward (`act_bwd_kernel`) is elementwise and also writes per-row-block partial sums of the
 bias gradient.
 
+Compile budget: every kernel variant Triton compiles costs seconds (tens of seconds for fp32
+"ieee" tiles), so only what shapes the main loop is a constexpr (tile sizes, dot precision). The
+epilogue (activation, bias, residual, stored pre-activation), the tap count and the shift sign
+are runtime arguments: uniform branches taken once per tile, after the reduction. Integers that
+vary from call to call (B*T, T, C_in, dilation, ...) are `do_not_specialize`, so a new batch or
+sequence length never compiles a new variant; strides and C_out keep Triton's divisible-by-16
+specialisation, which the vectorised (cp.async) loads need.
+
 Imported only by affaccel.ops.causal_conv (through affaccel.ops._dispatch.load_kernels, which
 checks Triton's TRITON_INTERPRET setting first), because Triton decides at decoration time
 whether a kernel is compiled or interpreted.
@@ -31,21 +39,22 @@ LEAKY_SLOPE = 0.01  # F.leaky_relu's default negative_slope
 
 
 @triton.jit
-def _act(v, ACT: tl.constexpr, SLOPE: tl.constexpr):
-    if ACT == 1:
+def _act(v, act, SLOPE: tl.constexpr):
+    # act: runtime activation code (uniform over the program)
+    if act == 1:
         v = tl.maximum(v, 0.0)
-    elif ACT == 2:
+    elif act == 2:
         # exact (erf) GELU, as F.gelu's default
         v = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
-    elif ACT == 3:
+    elif act == 3:
         v = tl.where(v > 0, v, v * SLOPE)
     return v
 
 
 @triton.jit
-def _through_sign(v, g, ACT: tl.constexpr, SLOPE: tl.constexpr):
+def _through_sign(v, g, act, SLOPE: tl.constexpr):
     # ReLU/LeakyReLU backward given the sign of the activation's input (or output)
-    if ACT == 1:
+    if act == 1:
         g = tl.where(v > 0, g, 0.0)
     else:
         g = tl.where(v > 0, g, g * SLOPE)
@@ -59,16 +68,19 @@ def _gelu_grad(v):
     return cdf + v * pdf
 
 
-@triton.jit
+# Integers that vary between calls: not specialised (see the module docstring).
+CONV_DNS = ["M", "T", "C_in", "dilation", "K_TAPS", "SHIFT", "ACT", "M_BUCKET"]
+
+
+@triton.jit(do_not_specialize=CONV_DNS)
 def conv_kernel(
     X, W, BIAS, RES, Z, Y,
     M, T, C_in, C_out, dilation,
+    K_TAPS, SHIFT, ACT, HAS_BIAS, HAS_RES, STORE_Z, M_BUCKET,
     sxb, sxt, sxc,
     srb, srt, src,
     syb, syt, syc,
-    K_TAPS: tl.constexpr, SHIFT: tl.constexpr, ACT: tl.constexpr, SLOPE: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, STORE_Z: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    SLOPE: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One [BLOCK_M frames, BLOCK_N out-channels] tile of a shifted convolution.
@@ -77,6 +89,8 @@ def conv_kernel(
     RES: [B, T, C_out] (any strides); Z: [M, C_out] contiguous (pre-activation, optional);
     Y: [B, T, C_out] (any strides). Tap j reads x[t + SHIFT*(K_TAPS-1-j)*d]: SHIFT = -1 is the
     causal forward, +1 the transposed (anti-causal) convolution of the input gradient.
+    ACT (activation code), HAS_BIAS/HAS_RES/STORE_Z (bools): the epilogue, at run time.
+    M_BUCKET: next power of two of M, read only by the autotuner's key (not by the kernel).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -113,8 +127,8 @@ def conv_kernel(
             w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
 
-    if HAS_BIAS:
-        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    # epilogue: runtime flags; a masked-off load issues no memory traffic
+    acc += tl.load(BIAS + rn, mask=n_ok & HAS_BIAS, other=0.0).to(tl.float32)[None, :]
     out_ok = m_ok[:, None] & n_ok[None, :]
     if STORE_Z:
         tl.store(Z + rm.to(tl.int64)[:, None] * C_out + rn[None, :],
@@ -128,15 +142,17 @@ def conv_kernel(
              acc.to(Y.dtype.element_ty), mask=out_ok)
 
 
-@triton.jit
+ACT_BWD_DNS = ["M", "T", "ACT"]
+
+
+@triton.jit(do_not_specialize=ACT_BWD_DNS)
 def act_bwd_kernel(
     GY, Y, Z, RES, GZ, GR, DB,
     M, T, C,
     sgb, sgt, sgc,
     srb, srt, src,
-    ACT: tl.constexpr, SLOPE: tl.constexpr, HAS_RES: tl.constexpr,
-    WRITE_GR: tl.constexpr, WRITE_DB: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACT, HAS_RES, WRITE_GR, WRITE_DB,
+    SLOPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Gradient through the epilogue: gz = dL/d(conv + bias), gr = dL/d(residual).
 
@@ -159,44 +175,47 @@ def act_bwd_kernel(
     t = rm - b * T
     flat = rm.to(tl.int64)[:, None] * C + rn[None, :]
 
+    is_sign = (ACT == 1) | (ACT == 3)
+    is_gelu = ACT == 2
+    # each operand is read only where the activation needs it (masked-off loads cost nothing)
+    y = tl.load(Y + flat, mask=ok & is_sign, other=0.0)
+    z = tl.load(Z + flat, mask=ok & (is_gelu | (HAS_RES & is_sign)), other=0.0).to(tl.float32)
+    r = tl.load(RES + b.to(tl.int64)[:, None] * srb + t.to(tl.int64)[:, None] * srt
+                + rn[None, :] * src, mask=ok & is_gelu & HAS_RES, other=0.0).to(tl.float32)
     g = tl.load(GY + b.to(tl.int64)[:, None] * sgb + t.to(tl.int64)[:, None] * sgt
                 + rn[None, :] * sgc, mask=ok, other=0.0).to(tl.float32)
-    if ACT == 1 or ACT == 3:
-        y = tl.load(Y + flat, mask=ok, other=0.0)
-        g = _through_sign(y, g, ACT, SLOPE)
+    if is_sign:
+        g = _through_sign(y, g, ACT, SLOPE)  # outer activation (the only one without residual)
     if HAS_RES:
-        if ACT == 2:
-            z = tl.load(Z + flat, mask=ok, other=0.0).to(tl.float32)
-            r = tl.load(RES + b.to(tl.int64)[:, None] * srb + t.to(tl.int64)[:, None] * srt
-                        + rn[None, :] * src, mask=ok, other=0.0).to(tl.float32)
+        if is_gelu:
             g = g * _gelu_grad(_act(z, 2, SLOPE) + r)
         if WRITE_GR:
             tl.store(GR + flat, g.to(GR.dtype.element_ty), mask=ok)
-        if ACT == 1 or ACT == 3:
-            z = tl.load(Z + flat, mask=ok, other=0.0)
+        if is_sign:
             g = _through_sign(z, g, ACT, SLOPE)
-        elif ACT == 2:
-            g = g * _gelu_grad(z)
-    elif ACT == 2:
-        z = tl.load(Z + flat, mask=ok, other=0.0).to(tl.float32)
+    if is_gelu:
         g = g * _gelu_grad(z)
     tl.store(GZ + flat, g.to(GZ.dtype.element_ty), mask=ok)
     if WRITE_DB:
         tl.store(DB + pid_m * C + rn, tl.sum(tl.where(ok, g, 0.0), axis=0), mask=n_ok)
 
 
-@triton.jit
+GRAD_W_DNS = ["M", "T", "C_in", "dilation", "rows_per_split", "K_TAPS", "M_BUCKET"]
+
+
+@triton.jit(do_not_specialize=GRAD_W_DNS)
 def grad_weight_kernel(
     X, GZ, P,
-    M, T, C_in, C_out, dilation, rows_per_split,
+    M, T, C_in, C_out, dilation, rows_per_split, K_TAPS, M_BUCKET,
     sxb, sxt, sxc,
-    K_TAPS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """Partial weight gradient of one (tap, C_in tile, C_out tile) over one split of rows.
 
     X: [B, T, C_in] (any strides); GZ: [M, C_out] contiguous;
     P: [n_splits, K_TAPS, C_in, C_out] fp32, P[s] = sum over rows of split s.
+    M_BUCKET: next power of two of M, for the autotuner's key only.
     """
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -241,31 +260,61 @@ INTERPRETED = type(conv_kernel).__name__ == "InterpretedFunction"
 
 
 # ---- launch configurations -------------------------------------------------------------------
-# The interpreter runs numpy per block op, so fewer, larger programs are faster there; on GPU
-# the tile shape is autotuned per (M, C_in, C_out) among a few tensor-core friendly shapes (all
-# compiled for sm_90 with the real specialisations: they pipeline with cp.async and use wgmma;
-# fp32 shapes that exceed shared memory fail at launch and the autotuner skips them). Few
-# shapes, because each kernel variant compiles every shape on its first call.
+# The interpreter runs numpy per block op, so fewer, larger programs are faster there. On GPU the
+# tile shape is autotuned among a few tensor-core friendly shapes per precision class: "16bit"
+# (bf16/fp16 operands), "tf32" (fp32 operands on tensor cores) and "ieee" (exact fp32: FMA, not
+# tensor cores, so small tiles; they are also the slowest to compile). Every shape is compiled
+# offline for sm_90 by the tests and fits the 227 KB of shared memory an H100/H200 block may use,
+# so no config fails at launch (a failing one would still have cost its compile). The first
+# shape of each class is the one pinned when autotuning is off (AFFACCEL_AUTOTUNE=pinned).
 
 INTERPRETER_CONV = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
 INTERPRETER_GRAD_W = dict(BLOCK_CI=32, BLOCK_CO=32, BLOCK_M=64)
 ACT_BWD_BLOCKS = dict(BLOCK_M=32, BLOCK_N=128)
 INTERPRETER_ACT_BWD_BLOCKS = dict(BLOCK_M=64, BLOCK_N=32)
 
+PRECISION_CLASSES = ("16bit", "tf32", "ieee")
+SMEM_LIMIT = 227 * 1024  # bytes of shared memory one block may use on sm_90
 
-def _conv_configs():
-    shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
-        (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4),
-        (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
-    ]
+CONV_SHAPES = {  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
+    "16bit": [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+              (128, 256, 64, 8, 3)],
+    "tf32": [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4)],
+    "ieee": [(64, 64, 32, 4, 2), (128, 64, 16, 8, 2)],
+}
+GRAD_W_SHAPES = {  # BLOCK_CI, BLOCK_CO, BLOCK_M, warps, stages
+    "16bit": [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4)],
+    "tf32": [(128, 128, 32, 8, 3), (64, 128, 32, 4, 4)],
+    "ieee": [(64, 64, 32, 4, 2)],
+}
+# Autotune keys: M enters as its power-of-two bucket (a new last-batch size does not retune);
+# the precision and the epilogue flags are in (a config tuned for one is not reused for the
+# other); Triton's autotuner adds the dtypes of the tensor arguments itself.
+CONV_KEY = ["M_BUCKET", "C_in", "C_out", "K_TAPS", "SHIFT", "ACT", "HAS_BIAS", "HAS_RES", "STORE_Z",
+            "PRECISION"]
+GRAD_W_KEY = ["M_BUCKET", "C_in", "C_out", "K_TAPS", "PRECISION"]
+
+
+def precision_class(dtype_name: str, precision: str) -> str:
+    """"16bit" | "tf32" | "ieee" for an operand dtype name ("float32", "bfloat16", ...)."""
+    if dtype_name in ("bfloat16", "float16"):
+        return "16bit"
+    return "tf32" if precision == "tf32" else "ieee"
+
+
+def m_bucket(m: int) -> int:
+    """The autotune key's bucket of M = B*T: the next power of two."""
+    return 1 << max(0, int(m) - 1).bit_length()
+
+
+def conv_configs(cls: str, pinned: bool = False):
+    shapes = CONV_SHAPES[cls][:1] if pinned else CONV_SHAPES[cls]
     return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=s)
             for m, n, k, w, s in shapes]
 
 
-def _grad_w_configs():
-    shapes = [  # BLOCK_CI, BLOCK_CO, BLOCK_M, warps, stages
-        (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
-    ]
+def grad_w_configs(cls: str, pinned: bool = False):
+    shapes = GRAD_W_SHAPES[cls][:1] if pinned else GRAD_W_SHAPES[cls]
     return [triton.Config(dict(BLOCK_CI=ci, BLOCK_CO=co, BLOCK_M=m), num_warps=w, num_stages=s)
             for ci, co, m, w, s in shapes]
 
@@ -273,17 +322,17 @@ def _grad_w_configs():
 _AUTOTUNED: dict = {}
 
 
-def autotuned(name: str):
-    """The GPU (compiled) kernel `name` wrapped in triton.autotune; built on first use."""
-    if name not in _AUTOTUNED:
+def autotuned(name: str, cls: str = "16bit", pinned: bool = False):
+    """The GPU (compiled) kernel `name` ("conv" | "grad_weight") wrapped in triton.autotune over
+    the shapes of precision class `cls`; `pinned`: the class's first shape only (no tuning, one
+    compile per specialisation). Built on first use."""
+    key = (name, cls, pinned)
+    if key not in _AUTOTUNED:
         if name == "conv":
-            _AUTOTUNED[name] = triton.autotune(
-                configs=_conv_configs(), key=["M", "C_in", "C_out", "K_TAPS", "SHIFT"],
-            )(conv_kernel)
+            _AUTOTUNED[key] = triton.autotune(configs=conv_configs(cls, pinned), key=CONV_KEY)(conv_kernel)
         elif name == "grad_weight":
-            _AUTOTUNED[name] = triton.autotune(
-                configs=_grad_w_configs(), key=["M", "C_in", "C_out", "K_TAPS", "rows_per_split"],
-            )(grad_weight_kernel)
+            _AUTOTUNED[key] = triton.autotune(configs=grad_w_configs(cls, pinned), key=GRAD_W_KEY)(
+                grad_weight_kernel)
         else:
             raise KeyError(name)
-    return _AUTOTUNED[name]
+    return _AUTOTUNED[key]

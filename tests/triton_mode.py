@@ -42,12 +42,15 @@ def use_interpreter(monkeypatch, ops_module) -> None:
     assert ops_module._kernels().INTERPRETED
 
 
-def use_compiled_cuda(monkeypatch, ops_module) -> None:
-    """Compiled kernels of `ops_module` on CUDA, fp32 without TF32 for parity."""
+def use_compiled_cuda(monkeypatch, ops_module, tf32: bool = False) -> None:
+    """Compiled kernels of `ops_module` on CUDA; fp32 with TF32 off (exact parity) or on
+    (PyTorch's default for convolutions); one pinned kernel config per dtype/precision
+    (AFFACCEL_AUTOTUNE=pinned: the test run compiles each variant once, see gpu_cases)."""
     if ops_module.triton_mode() == "interpreted":
         pytest.skip(FRESH.format("interpreted", "gpu"))
     for name in TRITON_VARS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setenv("AFFACCEL_AUTOTUNE", "pinned")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
     assert not ops_module._kernels().INTERPRETED

@@ -121,22 +121,28 @@ def _w_taps(weight: torch.Tensor, transpose: bool) -> torch.Tensor:
     return (weight.permute(2, 0, 1) if transpose else weight.permute(2, 1, 0)).contiguous()
 
 
+def _tuning(kern, x: torch.Tensor) -> tuple[str, str, bool]:
+    """(dot precision, precision class, pinned) of the compiled kernels for operand x."""
+    precision = _precision(x)
+    cls = kern.precision_class(str(x.dtype).replace("torch.", ""), precision)
+    return precision, cls, env.autotune_pinned()
+
+
 def _launch_conv(x, w_taps, bias, residual, z, y, dilation, act, shift):
     kern = _kernels()
     B, T, C_in = x.shape
     C_out = w_taps.shape[2]
     M = B * T
     r = residual if residual is not None else y
+    precision, cls, pinned = _tuning(kern, x)
     args = (
         x, w_taps, bias if bias is not None else w_taps, r, z if z is not None else y, y,
         M, T, C_in, C_out, dilation,
+        w_taps.shape[0], shift, act, bias is not None, residual is not None, z is not None,
+        kern.m_bucket(M),
         *x.stride(), *r.stride(), *y.stride(),
     )
-    flags = dict(
-        K_TAPS=w_taps.shape[0], SHIFT=shift, ACT=act, SLOPE=LEAKY_SLOPE,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, STORE_Z=z is not None,
-        DOT_F32=kern.INTERPRETED, PRECISION=_precision(x),
-    )
+    flags = dict(SLOPE=LEAKY_SLOPE, DOT_F32=kern.INTERPRETED, PRECISION=precision)
     if kern.INTERPRETED:
         cfg = kern.INTERPRETER_CONV
         grid = (_cdiv(M, cfg["BLOCK_M"]), _cdiv(C_out, cfg["BLOCK_N"]))
@@ -144,7 +150,7 @@ def _launch_conv(x, w_taps, bias, residual, z, y, dilation, act, shift):
     else:
         def grid(meta):
             return (_cdiv(M, meta["BLOCK_M"]), _cdiv(C_out, meta["BLOCK_N"]))
-        kern.autotuned("conv")[grid](*args, **flags)
+        kern.autotuned("conv", cls, pinned)[grid](*args, **flags)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -193,8 +199,8 @@ def act_backward(gy, y, z, residual, activation, *, has_res, write_gr, write_db,
         gy, y, z if z is not None else y, r, gz, gr if gr is not None else gz,
         db if db is not None else gz,
         M, T, C, *gy.stride(), *r.stride(),
-        ACT=ACTIVATIONS[activation], SLOPE=LEAKY_SLOPE, HAS_RES=has_res,
-        WRITE_GR=write_gr, WRITE_DB=write_db, **blocks,
+        ACTIVATIONS[activation], bool(has_res), bool(write_gr), bool(write_db),
+        SLOPE=LEAKY_SLOPE, **blocks,
     )
     return gz, gr, (db.sum(0) if db is not None else None)
 
@@ -236,8 +242,9 @@ def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
         part = partial_out[:n_splits]
     else:
         part = x.new_empty(n_splits, k, C_in, C_out, dtype=torch.float32)
-    args = (x, gz, part, M, T, C_in, C_out, dilation, rows, *x.stride())
-    flags = dict(K_TAPS=k, DOT_F32=kern.INTERPRETED, PRECISION=_precision(x))
+    precision, cls, pinned = _tuning(kern, x)
+    args = (x, gz, part, M, T, C_in, C_out, dilation, rows, k, kern.m_bucket(M), *x.stride())
+    flags = dict(DOT_F32=kern.INTERPRETED, PRECISION=precision)
     if kern.INTERPRETED:
         cfg = kern.INTERPRETER_GRAD_W
         grid = (k * _cdiv(C_in, cfg["BLOCK_CI"]) * _cdiv(C_out, cfg["BLOCK_CO"]), n_splits)
@@ -246,7 +253,7 @@ def grad_weight(x, gz, k, dilation, *, n_splits=None, partial_out=None):
         def grid(meta):
             return (k * _cdiv(C_in, meta["BLOCK_CI"]) * _cdiv(C_out, meta["BLOCK_CO"]),
                     n_splits)
-        kern.autotuned("grad_weight")[grid](*args, **flags)
+        kern.autotuned("grad_weight", cls, pinned)[grid](*args, **flags)
     total = part[0] if n_splits == 1 else part.sum(0)
     return total.permute(2, 1, 0)  # [k, C_in, C_out] -> [C_out, C_in, k] (a view)
 

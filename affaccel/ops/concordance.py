@@ -152,8 +152,13 @@ def _next_pow2(n: int) -> int:
 _MAX_TILE = 4096
 
 
-def _blocks(L: int, K: int):
-    """Tile sizes: BLOCK_K covers up to 16 targets, a tile holds <= _MAX_TILE values."""
+def _blocks(L: int, K: int, compiled: bool = False):
+    """Tile sizes. Interpreter: BLOCK_K covers up to 16 targets and BLOCK_L shrinks to the input
+    (numpy cost per element). Compiled: one fixed tile whatever L and K are (more targets take
+    more K-blocks), so that new shapes never compile a new variant; the loss is launch-bound
+    at training sizes (32 x 300 x 2), and masked lanes issue no memory traffic."""
+    if compiled:
+        return _MAX_TILE // 16, 16
     block_k = min(_next_pow2(K), 16)
     block_l = max(16, min(_next_pow2(L), _MAX_TILE // block_k))
     return block_l, block_k
@@ -173,8 +178,8 @@ def workspace_layout(G: int, n_chunks: int, K: int) -> dict:
     return dict(off_stats=off_stats, off_invw=off_invw, size=off_invw + K)
 
 
-def _grid(G: int, L: int, K: int):
-    block_l, block_k = _blocks(L, K)
+def _grid(G: int, L: int, K: int, compiled: bool = False):
+    block_l, block_k = _blocks(L, K, compiled)
     return block_l, block_k, max(1, -(-L // block_l)), -(-K // block_k)
 
 
@@ -189,7 +194,8 @@ def ccc_forward_fused(x, y, m, *, workspace=None, out=None, loss=None):
     """
     kern = _kernels()
     G, L, K = x.shape
-    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K)
+    compiled = not kern.INTERPRETED
+    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K, compiled)
     lay = workspace_layout(G, n_chunks, K)
     f32 = dict(device=x.device, dtype=torch.float32)
     workspace = torch.empty(lay["size"], **f32) if workspace is None else workspace
@@ -201,7 +207,9 @@ def ccc_forward_fused(x, y, m, *, workspace=None, out=None, loss=None):
         *x.stride(), *y.stride(), smg, sml,
         HAS_MASK=m is not None, BLOCK_L=block_l, BLOCK_K=block_k,
         num_warps=_num_warps(block_l * block_k))
-    block_g = max(1, min(_next_pow2(G), max(1, 1024 // block_k)))
+    block_g = max(1, 1024 // block_k)
+    if not compiled:
+        block_g = min(_next_pow2(G), block_g)
     kern.ccc_finalize_kernel[(1,)](
         workspace, out, loss, lay["off_stats"], lay["off_invw"], G, K, n_chunks,
         BLOCK_G=block_g, BLOCK_K=block_k)
@@ -226,7 +234,7 @@ def ccc_backward_fused(x, y, m, workspace, grad_out, scale, need_gx=True, need_g
     """
     kern = _kernels()
     G, L, K = x.shape
-    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K)
+    block_l, block_k, n_chunks, n_kblocks = _grid(G, L, K, not kern.INTERPRETED)
     lay = workspace_layout(G, n_chunks, K)
     if need_gx and gx is None:
         gx = torch.empty(G, L, K, device=x.device, dtype=x.dtype)

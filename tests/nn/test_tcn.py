@@ -9,6 +9,7 @@ import torch
 from affaccel.nn.tcn import TCN, TemporalBlock
 from affaccel.ops import causal_conv as cc
 
+from gpu_cases import MODES, TCN_BT, mode_dtype, tcn_pair
 from tolerances import tol
 from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
@@ -19,8 +20,9 @@ def interp(monkeypatch):
 
 
 @pytest.fixture
-def cuda_kernels(monkeypatch):
-    use_compiled_cuda(monkeypatch, cc)
+def cuda_mode(monkeypatch, request):
+    """Compiled CUDA kernels in the precision mode of the test's `mode` parameter."""
+    use_compiled_cuda(monkeypatch, cc, tf32=request.node.callspec.params["mode"] == "tf32")
 
 
 def test_interpreter_tests_in_fresh_process():
@@ -153,15 +155,19 @@ def test_fused_none_dispatches_by_device(interp, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_fused_matches_reference_and_trains(cuda_kernels, dtype):
-    fused, ref = _pair(in_channels=6, channels=[32, 2], kernel_size=3)
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_fused_matches_reference_and_trains(cuda_mode, mode):
+    """The model shape of gpu_cases.TCN_KW (aligned channels, like the real 512 -> 256 -> 256);
+    tf32: both paths through TF32 (cuDNN's and ours), compared with the TF32 tolerance."""
+    dtype = mode_dtype(mode)
+    fused, ref = tcn_pair()
     fused, ref = fused.cuda().to(dtype), ref.cuda().to(dtype)
-    x = torch.randn(4, 300, 6, device="cuda", dtype=dtype)
-    torch.testing.assert_close(fused.eval()(x).float(), ref.eval()(x).float(), **tol(dtype))
+    B, T = TCN_BT
+    x = torch.randn(4, T, fused.in_channels, device="cuda", dtype=dtype)
+    torch.testing.assert_close(fused.eval()(x).float(), ref.eval()(x).float(), **tol(mode))
     fused.train()
     ref.train()
-    lf = _train(fused, 8, device="cuda", dtype=dtype, B=8, T=300)
-    lr = _train(ref, 8, device="cuda", dtype=dtype, B=8, T=300)
+    lf = _train(fused, 8, device="cuda", dtype=dtype, B=B, T=T)
+    lr = _train(ref, 8, device="cuda", dtype=dtype, B=B, T=T)
     assert lf[-1] < lf[0]
-    torch.testing.assert_close(torch.tensor(lf), torch.tensor(lr), **tol(dtype))
+    torch.testing.assert_close(torch.tensor(lf), torch.tensor(lr), **tol(mode))

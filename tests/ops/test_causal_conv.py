@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from affaccel.ops import causal_conv as cc
 
 from fused_gradcheck import assert_jacobian_matches_float64, gradcheck_fp32
+from gpu_cases import CONV_PARAMS, conv_inputs, mode_dtype, run_conv
 from tolerances import tol
 from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
@@ -24,25 +25,14 @@ def cuda_kernels(monkeypatch):
     use_compiled_cuda(monkeypatch, cc)
 
 
-def _inputs(B, T, C_in, C_out, k, residual, dtype=torch.float32, device="cpu", bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, C_in, generator=g)
-    w = torch.randn(C_out, C_in, k, generator=g) / (C_in * k) ** 0.5
-    b = torch.randn(C_out, generator=g) if bias else None
-    r = torch.randn(B, T, C_out, generator=g) if residual else None
-    gy = torch.randn(B, T, C_out, generator=g)  # grad_output != 1
-    out = [t.to(device=device, dtype=dtype) if t is not None else None for t in (x, w, b, r, gy)]
-    for t in out[:4]:
-        if t is not None:
-            t.requires_grad_(True)
-    return out
+@pytest.fixture
+def cuda_mode(monkeypatch, request):
+    """Compiled CUDA kernels in the precision mode of the test's `mode` parameter."""
+    use_compiled_cuda(monkeypatch, cc, tf32=request.node.callspec.params["mode"] == "tf32")
 
 
-def _run(fn, x, w, b, r, gy, d, act):
-    y = fn(x, w, b, d, act, r)
-    leaves = [t for t in (x, w, b, r) if t is not None]
-    grads = torch.autograd.grad(y, leaves, gy)
-    return y, grads
+_inputs = conv_inputs  # x, w, b, r, gy (gy: a grad_output != 1)
+_run = run_conv
 
 
 def _assert_close_scaled(g, g_ref, dtype):
@@ -327,21 +317,20 @@ def test_interpreter_tests_in_fresh_process():
 
 # ---- CUDA -------------------------------------------------------------------------------------
 
-GPU_CASES = [(4, 300, 64, 96, 3, 1, "relu", True), (2, 257, 48, 48, 3, 16, "gelu", False),
-             (3, 131, 33, 70, 2, 4, "leaky_relu", True), (2, 1, 16, 16, 3, 2, "relu", False)]
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B,T,C_in,C_out,k,d,act,res", GPU_CASES)
-def test_cuda_matches_reference(cuda_kernels, dtype, B, T, C_in, C_out, k, d, act, res):
+@pytest.mark.parametrize("mode,case", CONV_PARAMS, ids=lambda p: p if isinstance(p, str) else "-".join(map(str, p)))
+def test_cuda_matches_reference(cuda_mode, mode, case):
+    """The shapes and modes are gpu_cases.CONV_PARAMS (a CPU test bounds their compiles); tf32:
+    fp32 through TF32 tensor cores, against float64, with the TF32 tolerance."""
+    B, T, C_in, C_out, k, d, act, res = case
+    dtype = mode_dtype(mode)
     x, w, b, r, gy = _inputs(B, T, C_in, C_out, k, res, dtype=dtype, device="cuda")
     y, grads = _run(_fused, x, w, b, r, gy, d, act)
     up = [t.detach().double().requires_grad_(True) if t is not None else None for t in (x, w, b, r)]
     y_ref, grads_ref = _run(cc.causal_conv1d_ref, *up, gy.double(), d, act)
-    torch.testing.assert_close(y.double(), y_ref, **tol(dtype))
+    torch.testing.assert_close(y.double(), y_ref, **tol(mode))
     for g, g_ref in zip(grads, grads_ref):
-        _assert_close_scaled(g, g_ref, dtype)
+        _assert_close_scaled(g, g_ref, mode)
 
 
 @pytest.mark.gpu

@@ -14,6 +14,7 @@ import torch
 import affaccel.ops.concordance as C
 
 from fused_gradcheck import assert_jacobian_matches_float64, gradcheck_fp32
+from gpu_cases import CCC_CASES, CCC_DTYPES
 from tolerances import tol
 from triton_mode import run_in_fresh_process, use_compiled_cuda, use_interpreter
 
@@ -541,12 +542,8 @@ def compiled(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape,mask_kind,reduction", [
-    ((32, 300, 2), "random", "global"), ((32, 300, 2), "empty_window", "per_window"),
-    ((5, 4099, 3), "random", "global"), ((3, 11, 17), "single", "per_window"),
-    ((2, 5, 2), "none_valid", "global"),
-])
+@pytest.mark.parametrize("dtype", [getattr(torch, d) for d in CCC_DTYPES])
+@pytest.mark.parametrize("shape,mask_kind,reduction", CCC_CASES)
 def test_cuda_parity(compiled, dtype, shape, mask_kind, reduction):
     x, y, m = make(shape, mask_kind, seed=21, dtype=dtype)
     x, y, m = x.cuda(), y.cuda(), m.cuda()
