@@ -29,11 +29,12 @@ from typing import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     from affaccel.config import PRESET_NAMES, JobSpec
+    from affaccel.data.layout import add_data_arguments, data_arguments
     from affaccel.stages.ablation import run_ablation
 
     p = argparse.ArgumentParser(prog="python -m affaccel.ablate", description=__doc__.split("\n")[0])
     p.add_argument("--task", choices=["va", "expr", "au"], default="va")
-    p.add_argument("--data-root", type=Path, default=None)
+    add_data_arguments(p)
     p.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None)
     p.add_argument("--synthetic", choices=["default", "tiny"], default="default")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -42,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="VA: also probe the features with ridge regressions")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    job = JobSpec(task=a.task, data_root=a.data_root, preset=a.preset, synthetic=a.synthetic,
+    data = data_arguments(a)
+    job = JobSpec(task=a.task, data_root=data["root"], annotations=data["annotations"], frames=data["frames"],
+                  preset=a.preset, synthetic=a.synthetic,
                   overrides={"epochs": a.epochs}, progress=not a.quiet)
     run_ablation(job, a.seeds, a.out, probe=a.probe)
     return 0

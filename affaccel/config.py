@@ -36,6 +36,12 @@ PAPER_DROPOUT = 0.3           # sec. 4.2: dropout
 PAPER_BATCH = 32              # sec. 4.2: batch size of the temporal model
 PAPER_WARMUP_EPOCHS = 1       # sec. 4.2: cosine schedule with one warm-up epoch
 PAPER_BACKBONE = "ViT-B-16"   # sec. 3.1: CLIP ViT-B/16 image encoder
+# Not given by the paper; ours, from the ABAW peers it follows (the sucv lineage of w = 300 /
+# s = 200, TCNs of kernel 5 and 4 levels, 121 frames, up to 421): 4 blocks of two causal convs,
+# dilations 1, 2, 4, 8, kernel 5 -> receptive field 1 + 2 * (5 - 1) * (1 + 2 + 4 + 8) = 121 frames.
+# The earlier 2 levels of kernel 3 saw 13 frames, so "w/o TCN" removed almost nothing.
+PEER_TCN_KERNEL = 5
+PEER_TCN_CHANNELS = (256, 256, 256, 256)
 
 # --- Encoder names (open_clip configs shipped in affaccel/nn/model_configs) ---------------
 TINY_MODEL = "affaccel-vit-tiny"   # small registered ViT config (112 px) for tests
@@ -92,8 +98,8 @@ class TemporalConfig:
     task: str = "va"                 # va / expr / au: sets the output size and VA's tanh bound
     in_dim: int = 512                # feature size D (ViT-B/16 image embedding: 512); set from the cache
     use_tcn: bool = True             # False: ablation "without TCN" (a linear projection instead)
-    tcn_channels: list = field(default_factory=lambda: [256, 256])  # ours: TCN widths, one block each
-    tcn_kernel: int = 3              # ours: causal conv kernel; dilation 2**level
+    tcn_channels: list = field(default_factory=lambda: list(PEER_TCN_CHANNELS))  # ours (ABAW peers): one block each
+    tcn_kernel: int = PEER_TCN_KERNEL  # ours (ABAW peers): causal conv kernel; dilation 2**level
     use_transformer: bool = True     # False: ablation "without Transformer"
     transformer_layers: int = 2      # ours
     transformer_heads: int = 4       # ours; must divide the model width (tcn_channels[-1])
@@ -107,6 +113,13 @@ class TemporalConfig:
     def width(self) -> int:
         """Model width after the TCN (or the projection that replaces it)."""
         return int(self.tcn_channels[-1])
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames one TCN output sees (two causal convs per block, dilation 2**level); 1 without TCN."""
+        if not self.use_tcn:
+            return 1
+        return 1 + 2 * (int(self.tcn_kernel) - 1) * sum(2 ** i for i in range(len(self.tcn_channels)))
 
     def validate(self) -> "TemporalConfig":
         get_task(self.task)
@@ -157,7 +170,9 @@ class TrainConfig:
 class JobSpec:
     """The main job (``python -m affaccel.train``): which data, which presets, what to override."""
     task: str = "va"                      # va / expr / au
-    data_root: Path | None = None         # Aff-Wild2-format root; None = built-in synthetic set
+    data_root: Path | None = None         # Aff-Wild2-format root (any layout); None = built-in synthetic set
+    annotations: Path | None = None       # separate annotation root (with frames; instead of data_root)
+    frames: Path | None = None            # separate frame root (cropped_aligned folders)
     run_dir: Path | None = None           # None = AFFACCEL_HOME/runs/<task>-<time>
     resume: bool = False                  # continue the temporal stage from run_dir/last.pt
     preset: str | None = None             # paper / cpu / tiny; None = paper with a GPU or a data root
@@ -208,12 +223,12 @@ TRAIN_PRESETS: dict[str, dict] = {
     # learning rate, because lr 3e-5 needs far more steps than a CPU budget allows; class
     # weights for EXPR/AU, because with few, weak features rare classes never reach threshold.
     "cpu": {"epochs": 20, "lr": 1e-3, "train_stride": 100, "class_weights": True,
-            "model": {"tcn_channels": [128, 128], "transformer_layers": 1, "transformer_heads": 4,
-                      "transformer_ff": 256, "head_hidden": 64}},
+            "model": {"tcn_channels": [128, 128], "tcn_kernel": 3, "transformer_layers": 1,
+                      "transformer_heads": 4, "transformer_ff": 256, "head_hidden": 64}},
     # tests and CI: seconds
     "tiny": {"epochs": 3, "lr": 2e-3, "batch_size": 8, "window": {"window": 32, "stride": 16},
-             "model": {"tcn_channels": [16, 16], "transformer_layers": 1, "transformer_heads": 2,
-                       "transformer_ff": 32, "head_hidden": 16, "max_len": 32}},
+             "model": {"tcn_channels": [16, 16], "tcn_kernel": 3, "transformer_layers": 1,
+                       "transformer_heads": 2, "transformer_ff": 32, "head_hidden": 16, "max_len": 32}},
 }
 PRESET_NAMES = tuple(TRAIN_PRESETS)   # the presets every stage knows: paper / cpu / tiny
 

@@ -14,10 +14,12 @@ import argparse
 import sys
 import time
 
+from affaccel.data.layout import add_data_arguments
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m affaccel.extract", description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
+    add_data_arguments(p)
     p.add_argument("--checkpoint", help="affaccel CLIP checkpoint (e.g. the fine-tuned best.pt)")
     p.add_argument("--model", help="open_clip model name when no checkpoint "
                    "(default: affaccel-rn-tiny, the CPU preset)")
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", help="feature cache root (default: AFFACCEL_HOME/features)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--splits", default="train,val", help="comma-separated: train,val")
+    p.add_argument("--splits", default="train,val", help="comma-separated: train,val,test (test: the videos of "
+                   "the test sample files)")
     p.add_argument("--verify", action="store_true", help="CRC-check cached entries before skipping")
     p.add_argument("--frames-backend", choices=("auto", "dali", "pil"), default="auto",
                    help="frame image decoder: DALI (nvJPEG on GPU) or PIL; auto: DALI when installed. "
@@ -37,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affaccel").setLevel(logging.INFO)
+    from affaccel.data.layout import data_arguments
     from affaccel.device import resolve_device
     from affaccel.stages.features import extract_dataset
 
     device = str(resolve_device(args.device or "auto"))
     t0 = time.time()
-    cache_dir, summary = extract_dataset(args.data_root, args.checkpoint, args.cache, args.model,
+    cache_dir, summary = extract_dataset(data_arguments(args), args.checkpoint, args.cache, args.model,
                              args.pretrained, args.batch_size, device,
                              tuple(s for s in args.splits.split(",") if s), not args.quiet,
                              args.verify, args.frames_backend)

@@ -27,16 +27,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from affaccel.config import FinetuneConfig, finetune_preset
+from affaccel.data.layout import add_data_arguments, data_arguments
 from affaccel.stages.finetune import check_aux
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m affaccel.finetune", description=__doc__.split("\n")[0])
-    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
+    add_data_arguments(p)
     p.add_argument("--preset", choices=["auto", "paper", "cpu"], default="auto",
                    help="auto: paper on a GPU, cpu otherwise")
     p.add_argument("--model", help="open_clip model name (paper: ViT-B-16; CPU: affaccel-rn-tiny)")
-    p.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (needs the model hub)")
+    p.add_argument("--pretrained", help="open_clip pretrained tag (needs the model hub); paper preset default: "
+                   "openai; 'none' = random initialisation (with a warning)")
     p.add_argument("--checkpoint", help="start from this local weights file")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="effective batch size (all ranks)")
@@ -58,15 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args, cuda: bool) -> FinetuneConfig:
+    """The preset's config with the arguments applied. The paper preset starts from open_clip's
+    "openai" weights unless --pretrained names others or --checkpoint gives a file; random
+    initialisation only with ``--pretrained none``, and then with a warning."""
     preset = args.preset if args.preset != "auto" else ("paper" if cuda else "cpu")
-    cfg = finetune_preset(preset, pretrained=None)
+    cfg = finetune_preset(preset, pretrained="auto")
     clip = cfg.clip
     if args.model:
         clip = replace(clip, model_name=args.model)
     if args.pretrained:
-        clip = replace(clip, pretrained=args.pretrained)
+        tag = None if args.pretrained.lower() == "none" else args.pretrained
+        clip = replace(clip, pretrained=tag)
     if args.checkpoint:
-        clip = replace(clip, checkpoint=args.checkpoint)
+        clip = replace(clip, checkpoint=args.checkpoint, pretrained=None)
+    if clip.pretrained is None and clip.checkpoint is None and preset == "paper":
+        logging.getLogger("affaccel.finetune").warning(
+            "fine-tuning %s from random initialisation (--pretrained none): the paper starts from "
+            "CLIP's openai weights", clip.model_name)
     over = {"clip": clip}
     for name in ("epochs", "batch_size", "micro_batch_size", "lr", "frame_stride", "max_steps"):
         value = getattr(args, name)
@@ -94,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     device = str(resolve_device(args.device or "auto"))
     cfg = config_from_args(args, device.startswith("cuda"))
     out = Path(args.out) if args.out else env.home() / "runs" / "finetune"
-    best = finetune(args.data_root, cfg, out, device=device, resume=args.resume,
-                    progress=not args.quiet)
+    where = data_arguments(args)
+    data = where["root"]
+    if where["annotations"] is not None or where["frames"] is not None:
+        from affaccel.data.affwild2 import load_affwild2
+
+        data = load_affwild2(where["root"], tasks=("expr", *cfg.aux_tasks), annotations=where["annotations"],
+                             frames=where["frames"])
+    best = finetune(data, cfg, out, device=device, resume=args.resume, progress=not args.quiet)
     print(best)
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from affaccel.config import PRESET_NAMES, JobSpec
+from affaccel.data.layout import add_data_arguments, data_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the temporal model of one task. With no --data-root: the built-in synthetic set, "
         "with every stage it needs (fine-tune, extract; cached)."))
     p.add_argument("--task", choices=["va", "expr", "au"], default="va")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="Aff-Wild2 root (annotation folders + cropped_aligned); default: synthetic set")
-    p.add_argument("--folds", type=int, default=0, help="k > 1: k-fold protocol over train+val pooled")
+    add_data_arguments(p)
+    p.add_argument("--folds", type=int, default=0,
+                   help="k > 1: the paper's k-fold protocol (fold 0 = the official split, folds 1..k-1 "
+                        "rotate chunks of the training videos with the validation set)")
     p.add_argument("--run-dir", type=Path, default=None, help="default: $AFFACCEL_HOME/runs/<task>-<time>")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
     p.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None,
@@ -60,10 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         model["use_transformer"] = False
     overrides = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      device=args.device, class_weights=args.class_weights, model=model or None)
-    job = JobSpec(task=args.task, data_root=args.data_root, run_dir=args.run_dir, resume=args.resume,
-                           preset=args.preset, synthetic=args.synthetic, finetune=not args.no_finetune,
-                           pretrained=None if args.pretrained == "none" else args.pretrained,
-                           overrides=overrides, progress=not args.quiet)
+    try:
+        data = data_arguments(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job = JobSpec(task=args.task, data_root=data["root"], annotations=data["annotations"], frames=data["frames"],
+                  run_dir=args.run_dir, resume=args.resume,
+                  preset=args.preset, synthetic=args.synthetic, finetune=not args.no_finetune,
+                  pretrained=None if args.pretrained == "none" else args.pretrained,
+                  overrides=overrides, progress=not args.quiet)
     if args.folds and args.folds > 1:
         pipeline.run_folds(job, args.folds)
     else:

@@ -123,6 +123,24 @@ def test_cli_presets():
     assert custom.clip.model_name == TINY_MODEL and custom.batch_size == 256
 
 
+def test_paper_preset_starts_from_openai_weights_unless_told(caplog, tmp_path):
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--preset", "paper"]), cuda=False).clip.pretrained == "openai"
+    assert config_from_args(parse([]), cuda=True).clip.pretrained == "openai"
+    assert config_from_args(parse(["--preset", "paper", "--pretrained", "laion2b_s34b_b88k"]),
+                            cuda=False).clip.pretrained == "laion2b_s34b_b88k"
+    ckpt = config_from_args(parse(["--preset", "paper", "--checkpoint", str(tmp_path / "w.pt")]), cuda=False)
+    assert ckpt.clip.pretrained is None and ckpt.clip.checkpoint == str(tmp_path / "w.pt")
+    with caplog.at_level("WARNING"):
+        rnd = config_from_args(parse(["--preset", "paper", "--pretrained", "none"]), cuda=False)
+    assert rnd.clip.pretrained is None and "random initialisation" in caplog.text
+    # the CPU preset's small model has no hub weights: it stays at random init, without a warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        cpu = config_from_args(parse(["--preset", "cpu"]), cuda=False)
+    assert cpu.clip.pretrained is None and "random initialisation" not in caplog.text
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -95,6 +95,11 @@ def test_presets_record_their_changes():
     paper = make_config("va")
     assert paper.lr == 3e-5 and paper.batch_size == 32 and paper.window.window == 300
     assert paper.window.stride == 200 and paper.model.dropout == 0.3 and paper.preset_changes == {}
+    # the paper preset's TCN sees over 100 frames (the ABAW peers' 121: kernel 5, 4 levels); the
+    # CPU preset keeps its measured 2 levels of kernel 3
+    assert paper.model.receptive_field == 121 and paper.model.tcn_kernel == 5
+    assert len(paper.model.tcn_channels) == 4
+    assert cfg.model.receptive_field == 13
     with pytest.raises(ValueError, match="unknown training option"):
         make_config("va", epochz=3)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -121,6 +121,29 @@ def find_test_files(*places: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     return lists, samples
 
 
+def add_data_arguments(p, default_help: str = "default: built-in synthetic set") -> None:
+    """--data-root / --annotations / --frames, the same on every command that reads a dataset."""
+    from pathlib import Path as _Path
+
+    p.add_argument("--data-root", type=_Path, default=None,
+                   help="Aff-Wild2 / ABAW dataset folder, in any layout: annotation folders + cropped_aligned, or "
+                        "as shipped (8th_ABAW_Annotations/ beside cropped_aligned/cropped_aligned) "
+                        f"({default_help})")
+    p.add_argument("--annotations", type=_Path, default=None,
+                   help="annotation folder kept apart from the frames (with --frames, instead of --data-root)")
+    p.add_argument("--frames", type=_Path, default=None,
+                   help="frame folder kept apart from the annotations (cropped_aligned folders)")
+
+
+def data_arguments(args) -> dict:
+    """``root`` / ``annotations`` / ``frames`` from parsed arguments, checked: either a root or
+    both separate folders. Raises ValueError naming the argument."""
+    if (args.annotations is None) != (args.frames is None) and args.data_root is None:
+        missing = "--frames" if args.frames is None else "--annotations"
+        raise ValueError(f"{missing} is needed too: separate roots take both --annotations and --frames")
+    return {"root": args.data_root, "annotations": args.annotations, "frames": args.frames}
+
+
 def resolve_layout(root: str | Path | None = None, annotations: str | Path | None = None,
                    frames: str | Path | None = None) -> Layout:
     """The dataset's layout from a root, or from separate annotation and frame roots."""

@@ -416,17 +416,21 @@ def load_encoder(checkpoint: str | None = None, model: str | None = None,
 def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
                     batch_size: int = 256, device: str = "cpu", splits=("train", "val"), progress=True,
                     verify: bool = False, backend: str = "auto") -> tuple[Path, dict]:
-    """Extract features for every video of ``data_root`` (default: built-in synthetic set).
+    """Extract features for every video of ``data_root`` (default: built-in synthetic set): a
+    dataset folder, or the dict of ``affaccel.data.layout.data_arguments`` (root / annotations /
+    frames).
 
     Returns (cache folder of this encoder, summary from ``extract_features``).
     """
     from affaccel.data.affwild2 import load_affwild2
 
-    if data_root is None:
+    where = data_root if isinstance(data_root, dict) else {"root": data_root}
+    if where.get("root") is None and where.get("annotations") is None:
         from affaccel.data.synthetic import ensure_synthetic
 
-        data_root = ensure_synthetic("default")
-    records = list(load_affwild2(data_root, splits=tuple(splits)).videos)
+        where = {"root": ensure_synthetic("default")}
+    records = list(load_affwild2(where["root"], splits=tuple(splits), annotations=where.get("annotations"),
+                                 frames=where.get("frames")).videos)
     encoder = load_encoder(checkpoint, model, pretrained)
     cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
     summary = extract_features(records, encoder, cache, batch_size=batch_size, device=device,

@@ -31,24 +31,48 @@ def resolve_preset(job: JobSpec) -> str:
     """The job's preset; unset: the paper's with a GPU or a data root, the CPU one otherwise."""
     if job.preset:
         return job.preset
-    return "paper" if (resolve_device().type == "cuda" or job.data_root is not None) else "cpu"
+    user_data = job.data_root is not None or job.annotations is not None
+    return "paper" if (resolve_device().type == "cuda" or user_data) else "cpu"
 
 
 # ----------------------------------------------------------------------------- stage 0: data
+def job_tasks(job: JobSpec) -> tuple[str, ...]:
+    """The tasks a job reads: its own, plus what stage 1 trains on (EXPR and its aux tasks)."""
+    from affaccel.config import finetune_preset
+
+    need = {job.task}
+    if job.finetune:
+        need |= {"expr", *finetune_preset(resolve_preset(job), job.pretrained).aux_tasks}
+    return tuple(t for t in ("va", "expr", "au") if t in need)
+
+
 def load_dataset(job: JobSpec):
-    """(root, AffWild2) for the job: the given root, or the synthetic set (generated once)."""
+    """(root, AffWild2) for the job: the given root (or annotation + frame roots), or the
+    synthetic set (generated once). Real data is read leniently: a bad file drops its task of
+    its video, reported in ``AffWild2.skipped``."""
     from affaccel.data.affwild2 import load_affwild2
 
-    if job.data_root is not None:
-        root = Path(job.data_root)
-    else:
-        from affaccel.data.synthetic import ensure_synthetic
+    user_data = job.data_root is not None or job.annotations is not None
+    if user_data:
+        root = Path(job.data_root) if job.data_root is not None else Path(job.annotations)
+        data = load_affwild2(job.data_root, tasks=job_tasks(job), splits=("train", "val"), lenient=True,
+                             annotations=job.annotations, frames=job.frames)
+        return root, data
+    from affaccel.data.synthetic import ensure_synthetic
 
-        t0 = time.perf_counter()
-        root = Path(ensure_synthetic(job.synthetic, progress=job.progress))
-        log.info("synthetic set %s ready in %.1fs", root, time.perf_counter() - t0)
-    return root, load_affwild2(root, tasks=("va", "expr", "au"), splits=("train", "val"),
-                               lenient=job.data_root is not None)
+    t0 = time.perf_counter()
+    root = Path(ensure_synthetic(job.synthetic, progress=job.progress))
+    log.info("synthetic set %s ready in %.1fs", root, time.perf_counter() - t0)
+    return root, load_affwild2(root, tasks=job_tasks(job), splits=("train", "val"))
+
+
+def stage1_records(dataset, val_records) -> list:
+    """The records stage 1 sees, with their roles: it validates on the evaluated task's validation
+    videos and never trains on them; every other video of the dataset may train it (a video in
+    another challenge's validation split is not validation data of this run)."""
+    val_ids = {r.video_id for r in val_records}
+    return [dataclasses.replace(r, split="val" if r.video_id in val_ids else "train")
+            for r in dataset.videos if r.split != "test"]
 
 
 # ----------------------------------------------------------------------------- stage 1: CLIP
@@ -125,11 +149,9 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
         root, dataset = load_dataset(job)
     timings["data_s"] = time.perf_counter() - t0
     preset = resolve_preset(job)
-    if train_records is None:
-        train_records, val_records = dataset.by_split("train"), dataset.by_split("val")
-    # fine-tuning reads the split attribute: mark this split's roles explicitly (folds re-split)
-    records = ([dataclasses.replace(r, split="train") for r in train_records]
-               + [dataclasses.replace(r, split="val") for r in val_records])
+    if train_records is None:   # the evaluated task's own split
+        train_records, val_records = dataset.by_split("train", job.task), dataset.by_split("val", job.task)
+    records = stage1_records(dataset, val_records)
     t0 = time.perf_counter()
     encoder = encoder_stage(records, preset, job.finetune, job.pretrained, job.progress, tag)
     timings["finetune_s"] = time.perf_counter() - t0
@@ -166,9 +188,39 @@ def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
     bundle = save_bundle(run_dir / "bundle.pt", window=cfg.window, encoder=prep.encoder,
                          tasks={job.task: (result.model, result.config, result.metrics)},
                          meta={"data_root": str(prep.root), "preset": prep.preset, "finetuned": job.finetune})
+    per_video = write_per_video(run_dir, job.task, result.model, val_seqs, cfg, resolve_device())
     write_final_metrics(run_dir, job.task, result.metrics, result.best_epoch, bundle,
-                        extra={"seconds": prep.seconds, "preset": prep.preset, "data_root": str(prep.root)})
+                        extra={"seconds": prep.seconds, "preset": prep.preset, "data_root": str(prep.root),
+                               "per_video": per_video})
     return result, bundle
+
+
+def write_per_video(run_dir: Path, task: str, model, val_seqs, cfg, device) -> dict:
+    """Metrics of the best model on each validation video (``per_video.csv``), beside the pooled
+    score; the same predictions validation scored (``affaccel.inference.temporal``)."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from affaccel.inference.temporal import predict_frames
+    from affaccel.metrics import task_metrics
+
+    preds = predict_frames({task: model.to(device)}, [q.features for q in val_seqs], cfg.window.window,
+                           cfg.window.stride, device, cfg.batch_size, cfg.averaging)
+    out = {}
+    for q, p in zip(val_seqs, preds):
+        m = np.asarray(q.score_mask, bool)
+        out[q.video_id] = {"frames": int(q.n_frames), "scored_frames": int(m.sum()),
+                           **(task_metrics(task, p[task], q.labels, m) if m.any() else {})}
+    keys = list(dict.fromkeys(k for row in out.values() for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["video", *keys])
+    writer.writeheader()
+    writer.writerows({"video": v, **row} for v, row in out.items())
+    io_utils.atomic_write_text(Path(run_dir) / "per_video.csv", buf.getvalue())
+    model.cpu()
+    return out
 
 
 def run_job(job: JobSpec) -> dict:
@@ -192,8 +244,9 @@ def run_job(job: JobSpec) -> dict:
 
 
 def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
-    """k-fold protocol (train + validation pooled, re-split by video, as in the paper's Table 1):
-    each fold fine-tunes on its own training videos, extracts, trains; per-fold table + mean."""
+    """The paper's k-fold protocol (Table 1; ``AffWild2.folds``): fold 0 is the official split,
+    folds 1..k-1 rotate chunks of the training videos with the official validation set. Each
+    fold fine-tunes on its own training videos, extracts, trains; per-fold table + mean."""
     import numpy as np
 
     from affaccel.metrics import format_table, table_keys
@@ -202,7 +255,7 @@ def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
     root, dataset = load_dataset(job)
     base = Path(job.run_dir) if job.run_dir else default_run_dir(job.task, f"{k}fold")
     rows = []
-    for f, (tr, va) in enumerate(dataset.folds(k, seed)):
+    for f, (tr, va) in enumerate(dataset.folds(k, job.task, seed)):
         fold_job = dataclasses.replace(job, run_dir=base / f"fold{f}", quiet_table=True)
         prep = prepare(fold_job, tr, va, dataset=dataset, root=root, tag=f"fold{f}of{k}-seed{seed}")
         result, _ = train_stage(fold_job, prep, base / f"fold{f}")
@@ -212,5 +265,5 @@ def run_folds(job: JobSpec, k: int, seed: int = 0) -> list[dict]:
     table = format_table([*rows, ("mean", mean)], keys)
     io_utils.atomic_write_json(base / "folds.json", {"task": job.task, "k": k, "seed": seed,
                                                      "folds": [m for _, m in rows], "mean": mean})
-    print(f"\n{job.task.upper()}: {k}-fold cross-validation on {root}\n{table}\nruns: {base}")
+    print(f"\n{job.task.upper()}: {k}-fold protocol on {root} (fold 0 = the official split)\n{table}\nruns: {base}")
     return [m for _, m in rows]
