@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", default="largest", choices=("largest", "central"),
                    help="which face to follow when several are visible")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="print per video how it was decoded (DALI/NVDEC on GPU or PyAV on CPU)")
     return p
 
 
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
                                               weighting=args.weighting, stream=args.stream,
                                               progress=not args.no_progress)
+            if args.verbose:
+                tqdm.write(f"{video}: decoded with {res.decoder}, {res.n_frames} frames")
             for w in caught:   # e.g. "decoding stopped after N frames (corrupt file)"
                 tqdm.write(f"warning: {video}: {str(w.message).removeprefix(f'{video}: ')}",
                            file=sys.stderr)

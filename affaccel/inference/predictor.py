@@ -136,6 +136,12 @@ class AffectPredictor:
         return predict_frames(self.models, feats, self.window, self.stride, self.device,
                               self.window_batch, weighting)
 
+    def decoder(self, video) -> tuple[str, str]:
+        """(backend, device) that decodes `video`: DALI (NVDEC) on the predictor's GPU when DALI
+        imports and NVDEC handles the codec, else PyAV on the CPU (affaccel.video.decode
+        .choose_backend); ("", "") for frames, crops or features given directly."""
+        return choose_decoder(video, self.decode_backend, self.device)
+
     def _crop(self, frames, boxes):
         from affaccel.video.crop import crop_faces
 
@@ -192,7 +198,7 @@ class AffectPredictor:
             from affaccel.faces.tracker import FaceTracker
 
             tracker = FaceTracker(self.detector, **self.tracker_options)
-        for batch in _iter_frames(video, batch_size, fps, self.decode_backend):
+        for batch in _iter_frames(video, batch_size, fps, *self.decoder(video)):
             frames, ts, start = batch
             b = len(frames)
             if tracker is not None:
@@ -295,7 +301,9 @@ class AffectPredictor:
         finally:
             if bar is not None and progress is True:
                 bar.close()
-        return PredictionResult(table, _name_of(video), self.tasks, time.perf_counter() - t0)
+        dec = self.decoder(video) if crops is None and features is None else ("", "")
+        return PredictionResult(table, _name_of(video), self.tasks, time.perf_counter() - t0,
+                                decoder=f"{dec[0]} ({dec[1]})" if dec[0] else "")
 
     def _collect(self, video, boxes, crops, features, batch_size, fps, face_found, bar):
         """All chunks of one input -> (side columns, filled features [T, D])."""
@@ -403,13 +411,24 @@ def _progress_bar(progress, video, arr):
                 unit="frame", leave=False)
 
 
-def _iter_frames(video, batch_size: int, fps: float | None, backend: str):
+def choose_decoder(video, backend: str, device) -> tuple[str, str]:
+    """(backend, device) for decoding `video` on a predictor running on `device`."""
+    if not isinstance(video, (str, Path)):
+        return "", ""
+    from affaccel.video.decode import choose_backend
+
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    chosen = choose_backend(video, backend, dev)
+    return chosen, (str(device) if chosen == "dali" and dev == "cuda" else "cpu")
+
+
+def _iter_frames(video, batch_size: int, fps: float | None, backend: str, device: str = "cpu"):
     """Yield (frames [B, H, W, 3] uint8, timestamps [B], start index) from a path, an array
-    [T, H, W, 3] or an iterable of arrays."""
+    [T, H, W, 3] or an iterable of arrays. Decoded on `device` (CUDA: DALI's frames stay on it)."""
     if isinstance(video, (str, Path)):
         from affaccel.video.decode import iter_video
 
-        for b in iter_video(video, backend=backend, device="cpu", batch_size=batch_size):
+        for b in iter_video(video, backend=backend, device=device or "cpu", batch_size=batch_size):
             yield b.frames, np.asarray(b.timestamps_s, np.float64), int(b.start_index)
         return
     if hasattr(video, "shape"):

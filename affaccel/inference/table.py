@@ -88,12 +88,14 @@ class PredictionResult:
     """Per-frame predictions of one video.
 
     frame: the table (schema in the module docstring); video: the input's name;
-    seconds: wall time of the prediction; tasks: tasks predicted.
+    seconds: wall time of the prediction; tasks: tasks predicted; decoder: how a video file was
+    decoded ("dali (cuda:0)", "pyav (cpu)"; "" for frames, crops or features given directly).
     """
     frame: Any
     video: str
     tasks: tuple[str, ...]
     seconds: float = float("nan")
+    decoder: str = ""
 
     @property
     def n_frames(self) -> int:

@@ -6,6 +6,18 @@ import pytest
 
 from _video_media import encode_video
 
+NO_DALI = ("nvidia-dali is not installed (the lent GPU image has none and a device call cannot "
+           "carry its ~0.5 GB; docs/gpu.md says how to add it where a machine has it)")
+
+
+@pytest.fixture
+def dali():
+    """Skip (with the reason) where DALI is absent: GPU tests of the DALI backends."""
+    from affaccel.video.decode import dali_available
+
+    if not dali_available():
+        pytest.skip(NO_DALI)
+
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory):

@@ -146,7 +146,7 @@ def test_crop_faces_dispatch():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("size", [224, 48])
-def test_gpu_dali_matches_reference(size):
+def test_gpu_dali_matches_reference(dali, size):
     frames, boxes = _random_case(b=17)
     cuda_frames = torch.from_numpy(frames).cuda()
     got, v = crop_faces(cuda_frames, torch.from_numpy(boxes).cuda(), size, expand=1.2)
@@ -158,3 +158,30 @@ def test_gpu_dali_matches_reference(size):
     # CPU frames with a CUDA target are uploaded
     got2, _ = crop_faces(frames, boxes, size, expand=1.2, device="cuda", backend="dali")
     torch.testing.assert_close(got2, got)
+
+
+@pytest.mark.gpu
+def test_gpu_torch_fallback_without_dali(monkeypatch):
+    """Without DALI, crop_faces on CUDA frames runs the torch ops on the GPU (no host copy)."""
+    import affaccel.video.decode as decode
+
+    monkeypatch.setattr(decode, "dali_available", lambda: False)
+    frames, boxes = _random_case(b=9)
+    got, v = crop_faces(torch.from_numpy(frames).cuda(), boxes, 64, expand=1.2)
+    assert got.is_cuda and v.is_cuda
+    ref, v_ref = crop_faces_ref(frames, boxes, 64, expand=1.2)
+    assert v.cpu().tolist() == v_ref.tolist()
+    torch.testing.assert_close(got.cpu(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_auto_without_dali_takes_the_reference_on_the_frames_device(monkeypatch):
+    import affaccel.video.crop as crop_mod
+    import affaccel.video.decode as decode
+
+    calls = []
+    monkeypatch.setattr(decode, "dali_available", lambda: False)
+    monkeypatch.setattr(crop_mod, "crop_faces_dali", lambda *a, **k: calls.append("dali"))
+    frames, boxes = _random_case(b=3)
+    got, _ = crop_faces(torch.from_numpy(frames), boxes, 32)
+    assert calls == [] and got.device.type == "cpu"
+    torch.testing.assert_close(got, crop_faces_ref(frames, boxes, 32)[0], rtol=0, atol=0)

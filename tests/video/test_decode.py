@@ -199,7 +199,7 @@ def test_bad_arguments(media):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["vp9", "h264", "vfr_mp4"])
-def test_gpu_dali_matches_pyav(media, kind):
+def test_gpu_dali_matches_pyav(dali, media, kind):
     import torch
 
     assert choose_backend(media[kind], "auto", "cuda") == "dali"

@@ -194,7 +194,7 @@ def test_bad_arguments(jpegs):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_gpu_matches_reference(jpegs, dtype):
+def test_gpu_matches_reference(dali, jpegs, dtype):
     labels = np.arange(N)
     loader = FrameLoader(jpegs, labels, batch_size=8, image_size=224, device="cuda", dtype=dtype,
                          backend="dali")
@@ -208,7 +208,7 @@ def test_gpu_matches_reference(jpegs, dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_train_mode(jpegs):
+def test_gpu_train_mode(dali, jpegs):
     loader = FrameLoader(jpegs, batch_size=8, image_size=64, device="cuda", train=True,
                          backend="dali", dtype=torch.float16)
     out, _ = _all(loader)
