@@ -5,7 +5,7 @@ sees (the interpreter runs the kernels as Python), a config over the 227 KB of s
 block may use (it would fail at launch, after costing its compile) and a main loop that is not
 software-pipelined (cp.async) on tensor cores (wgmma) are caught on CPU machines too. The
 launches are built by affaccel.kernels.offline with Triton's own specialisation of real
-arguments. About 2.5 min on 2 idle cores (43 variants, two processes), hence `slow`.
+arguments. About 2.5 min on 2 cores (36 variants, two processes; measured 143 s), hence `slow`.
 """
 from __future__ import annotations
 
