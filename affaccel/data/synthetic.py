@@ -672,6 +672,10 @@ def _main(argv=None) -> int:
     p.add_argument("--video-size", type=int, nargs=2, metavar=("W", "H"), default=(480, 360))
     p.add_argument("--workers", type=int, help="processes (default min(4, CPUs))")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--layout", choices=("flat", "shipped"), default="flat",
+                   help="flat: one root (annotation folders + cropped_aligned); shipped: as the ABAW "
+                        "archives unpack (8th_ABAW_Annotations/, nested frames, test lists and sample files; "
+                        "affaccel.data.shipped)")
     a = p.parse_args(argv)
     kw = dict(PRESETS[a.preset])
     for key, val in (("n_train", a.n_train), ("n_val", a.n_val), ("n_frames", a.frames),
@@ -679,8 +683,18 @@ def _main(argv=None) -> int:
         if val is not None:
             kw[key] = val
     t0 = time.perf_counter()
-    out = generate(a.out, seed=a.seed, image_size=a.image_size, video_size=tuple(a.video_size),
-                   workers=a.workers, preset=a.preset, overwrite=a.overwrite, **kw)
+    gen = dict(seed=a.seed, image_size=a.image_size, video_size=tuple(a.video_size), workers=a.workers,
+               preset=a.preset, **kw)
+    if a.layout == "shipped":
+        from affaccel.data.shipped import write_shipped
+
+        if a.overwrite and Path(a.out).exists():
+            shutil.rmtree(a.out)
+        with tempfile.TemporaryDirectory(dir=Path(a.out).resolve().parent) as tmp:
+            write_shipped(generate(Path(tmp) / "flat", **gen), a.out)
+        print(f"wrote {a.out} in the shipped layout in {time.perf_counter() - t0:.1f} s")
+        return 0
+    out = generate(a.out, overwrite=a.overwrite, **gen)
     m = json.loads((out / MANIFEST).read_text())
     frames = sum(v["n_frames"] for v in m["videos"].values())
     print(f"wrote {out}: {len(m['videos'])} videos ({len(m['splits']['train'])} train, "

@@ -1,0 +1,75 @@
+"""The participant's flow on the synthetic set in the layout as shipped: per-task splits, the
+stage-1 rule, scoring of frames without an image, per-video metrics and the k-fold protocol."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from affaccel.data.affwild2 import load_affwild2
+from affaccel.data.shipped import write_shipped
+
+
+@pytest.fixture(scope="module")
+def abaw(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("affaccel_home")
+    mp.setenv("AFFACCEL_HOME", str(home))
+    from affaccel.data.synthetic import ensure_synthetic
+
+    root = write_shipped(ensure_synthetic("tiny", progress=False), home / "Aff-Wild2")
+    yield home, root, json.loads((root / "shipped.json").read_text())
+    mp.undo()
+
+
+def test_stage1_never_trains_on_the_evaluated_tasks_validation_videos(abaw):
+    from affaccel.stages.pipeline import stage1_records
+
+    _, root, plan = abaw
+    data = load_affwild2(root)
+    for task in ("va", "expr", "au"):
+        val = data.by_split("val", task)
+        roles = {r.video_id: r.split for r in stage1_records(data, val)}
+        assert {v for v, role in roles.items() if role == "val"} == {r.video_id for r in val}
+    # a video in EXPR's validation split only: validation data of an EXPR run, training data of a VA run
+    va_roles = {r.video_id: r.split for r in stage1_records(data, data.by_split("val", "va"))}
+    expr_roles = {r.video_id: r.split for r in stage1_records(data, data.by_split("val", "expr"))}
+    assert va_roles[plan["expr_val"]] == "train" and expr_roles[plan["expr_val"]] == "val"
+    assert plan["test"][0] not in va_roles                       # test videos never reach stage 1
+
+
+def test_train_on_the_shipped_layout_scores_frames_without_an_image(abaw):
+    from affaccel import train
+
+    home, root, plan = abaw
+    run = home / "run_au"   # AU: its validation videos of the tiny set have annotated frames without an image
+    assert train.main(["--task", "au", "--data-root", str(root), "--preset", "tiny", "--epochs", "1",
+                       "--run-dir", str(run), "--quiet"]) == 0
+    final = json.loads((run / "final_metrics.json").read_text())
+    data = load_affwild2(root)
+    val = {r.video_id: r for r in data.by_split("val", "au")}
+    assert set(final["per_video"]) == set(val) and plan["au_train"] not in val
+    assert (run / "per_video.csv").read_text().splitlines()[0].startswith("video,")
+    for vid, row in final["per_video"].items():
+        # every frame with a valid label counts, also those whose image is missing
+        assert row["scored_frames"] == int(val[vid].label_mask["au"].sum())
+    assert sum(int((~r.frame_present & r.label_mask["au"]).sum()) for r in val.values()) > 0
+    assert np.isfinite(final["f1_macro"])
+
+
+def test_k_fold_table_on_the_shipped_layout(abaw, capsys):
+    from affaccel import train
+
+    home, root, _ = abaw
+    base = home / "folds"
+    assert train.main(["--task", "va", "--data-root", str(root), "--preset", "tiny", "--epochs", "1",
+                       "--folds", "3", "--run-dir", str(base), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for label in ("fold 0", "fold 1", "fold 2", "mean"):
+        assert label in out
+    report = json.loads((base / "folds.json").read_text())
+    assert len(report["folds"]) == 3
+    data = load_affwild2(root)
+    fold0 = json.loads((base / "fold0" / "final_metrics.json").read_text())
+    assert set(fold0["per_video"]) == {r.video_id for r in data.by_split("val", "va")}
