@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "affaccel"
 CLIS = {"affaccel.train", "affaccel.finetune", "affaccel.extract", "affaccel.predict",
-        "affaccel.ablate"}
+        "affaccel.ablate", "affaccel.submit"}
 
 
 def _module_name(path: Path) -> str:
