@@ -42,6 +42,7 @@ class _Chunk:
     ids: np.ndarray
     found: np.ndarray
     feats: Any
+    zs: Any = None      # EmoCLIP image embeddings [B, Dz] (only with an emoclip scorer)
 
 
 class AffectPredictor:
@@ -51,14 +52,16 @@ class AffectPredictor:
     size D). encoder: ClipEncoder, needed unless features are given. window / stride: the
     bundle's window config. tracker_options / detector: face finding (see affaccel.faces).
     precision: encoder compute precision ("auto": bf16 on CUDA, fp32 on CPU).
+    emoclip: optional ``affaccel.emoclip.frames.ZeroShotScorer``: adds per-frame ``zs_<label>``
+    probability columns (with or without temporal models; alone, its image tower is the encoder).
     """
 
     def __init__(self, models: dict, encoder=None, window: int = 300, stride: int = 200,
                  device: str = "auto", detector=None, tracker_options: dict | None = None,
                  crop_expand: float = 1.0, precision: str = "auto", decode_backend: str = "auto",
-                 window_batch: int = 32, weighting: str = "uniform"):
-        if not models:
-            raise ValueError("AffectPredictor needs at least one temporal model (va/expr/au)")
+                 window_batch: int = 32, weighting: str = "uniform", emoclip=None):
+        if not models and emoclip is None:
+            raise ValueError("AffectPredictor needs at least one temporal model (va/expr/au) or emoclip")
         unknown = set(models) - set(TASK_ORDER)
         if unknown:
             raise ValueError(f"unknown task(s) {sorted(unknown)}; expected among {TASK_ORDER}")
@@ -67,6 +70,10 @@ class AffectPredictor:
         self.device = resolve_device(device)
         self.models = {t: m.to(self.device).eval() for t, m in models.items()}
         self.tasks = tuple(t for t in TASK_ORDER if t in self.models)
+        self.emoclip = emoclip.to(self.device) if emoclip is not None else None
+        self._zs_feats = None     # EmoCLIP embeddings of the last _collect (zs_ columns)
+        if encoder is None and emoclip is not None and not models:
+            encoder = emoclip.encoder
         self.encoder = encoder.to(self.device).eval() if encoder is not None else None
         self.window, self.stride = int(window), int(stride)
         self._detector = detector
@@ -219,9 +226,14 @@ class AffectPredictor:
                     vi = torch.as_tensor(np.nonzero(valid)[0])
                     f[vi] = self.encode(crops[vi.to(crops.device)])
                 found = valid
+            zs = None
+            if self.emoclip is not None:
+                from affaccel.emoclip.frames import chunk_features
+
+                zs = chunk_features(self.emoclip, frames, bx, found, f, self.encoder, self.device, self.crop_expand)
             if progress is not None:
                 progress.update(b)
-            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f)
+            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f, zs)
 
     # -- public ------------------------------------------------------------------------
     def predict_stream(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
@@ -234,6 +246,8 @@ class AffectPredictor:
         Raises NoFramesError when the input has no frames.
         """
 
+        if self.emoclip is not None:
+            raise ValueError("zero-shot (emoclip) columns are not available with stream=True")
         stream = StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
                                    weighting=weighting or self.weighting, max_batch=self.window_batch)
         filler = FeatureFiller()
@@ -309,23 +323,36 @@ class AffectPredictor:
         """All chunks of one input -> (side columns, filled features [T, D])."""
         import torch
 
-        filler = FeatureFiller()
-        side, blocks = [], []
+        filler, zs_filler = FeatureFiller(), FeatureFiller()
+        side, blocks, zs_blocks = [], [], []
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found, bar):
             side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found))
             blocks += filler(ch.feats, ch.found)
+            if ch.zs is not None:
+                zs_blocks += zs_filler(ch.zs, ch.found)
         if not side:
             raise NoFramesError(f"{_name_of(video)}: no frames decoded")
         cols = [np.concatenate(c) for c in zip(*side)]
         if filler.pending:
             blocks.append(torch.zeros((filler.pending, self.feature_dim or 1)))
+        if zs_filler.pending:
+            zs_blocks.append(torch.zeros((zs_filler.pending, self.emoclip.model.embed_dim)))
+        self._zs_feats = torch.cat(zs_blocks) if zs_blocks else None
         return cols, torch.cat(blocks)
+
+    def _with_zs(self, table, zs_feats, video):
+        """The table with the EmoCLIP ``zs_<label>`` columns appended (when configured)."""
+        if self.emoclip is None:
+            return table
+        from affaccel.emoclip.frames import add_zs_columns
+
+        return add_zs_columns(table, self.emoclip, zs_feats, _name_of(video))
 
     def _predict_batch(self, video, boxes, crops, features, batch_size, weighting, fps,
                        face_found, bar):
         cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar)
-        preds = self._temporal([feats], weighting or self.weighting)[0]
-        return build_table(0, *cols, preds)
+        preds = self._temporal([feats], weighting or self.weighting)[0] if self.models else {}
+        return self._with_zs(build_table(0, *cols, preds), self._zs_feats, video)
 
     def predict_videos(self, videos: Sequence, boxes: Sequence | None = None,
                        batch_size: int = 64, weighting: str | None = None,
@@ -349,7 +376,7 @@ class AffectPredictor:
             bar = _progress_bar(progress, v, None)
             try:
                 cols, feats = self._collect(v, bx, None, None, batch_size, None, None, bar)
-                done.append((v, cols, feats, time.perf_counter() - t0))
+                done.append((v, cols, feats, time.perf_counter() - t0, self._zs_feats))
             except Exception as e:  # noqa: BLE001 - reported per video when errors="return"
                 if errors == "raise":
                     raise
@@ -361,12 +388,12 @@ class AffectPredictor:
         results: dict[int, PredictionResult] = {}
         if ok:
             t0 = time.perf_counter()
-            preds = self._temporal([d[2] for d in ok], weighting)
+            preds = self._temporal([d[2] for d in ok], weighting) if self.models else [{} for _ in ok]
             share = (time.perf_counter() - t0) / len(ok)
             for d, p in zip(ok, preds):
-                v, cols, _, secs = d
-                results[id(d)] = PredictionResult(build_table(0, *cols, p), _name_of(v),
-                                                  self.tasks, secs + share)
+                v, cols, _, secs, zs = d
+                results[id(d)] = PredictionResult(self._with_zs(build_table(0, *cols, p), zs, v),
+                                                  _name_of(v), self.tasks, secs + share)
         return [d if isinstance(d, VideoFailure) else results[id(d)] for d in done]
 
 
