@@ -121,7 +121,7 @@ def train_epochs(model, cfg: EmoClipTrainConfig, items: Sequence[ClipItem], labe
             if cfg.schedule == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * 0.5 * (1 + math.cos(math.pi * step / total))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)),

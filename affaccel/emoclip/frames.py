@@ -84,4 +84,42 @@ class ZeroShotScorer:
         return np.asarray(overlap_average(win, starts, n), np.float32)
 
 
-__all__ = ["ZeroShotScorer"]
+__all__ = ["ZeroShotScorer", "chunk_features", "add_zs_columns"]
+
+
+def chunk_features(scorer: ZeroShotScorer, frames, boxes, found, feats, main_encoder, device,
+                   crop_expand: float = 1.0):
+    """EmoCLIP image embeddings [b, D] (torch, CPU) of one decoded batch of the predictor.
+
+    frames: [b, H, W, 3] uint8; boxes: [b, 4] float (NaN without a face); found: [b] bool (face
+    crops the predictor kept); feats: the predictor's features of the batch, reused when its
+    encoder is EmoCLIP's own tower. Rows without a face are zero (the predictor fills them).
+    """
+    import torch
+
+    if main_encoder is scorer.encoder:
+        return feats
+    out = torch.zeros((len(found), scorer.model.embed_dim))
+    if np.any(found):
+        from affaccel.video.crop import crop_faces
+
+        enc = scorer.encoder
+        crops, _ = crop_faces(frames, torch.as_tensor(np.asarray(boxes), dtype=torch.float32), enc.image_size,
+                              enc.mean, enc.std, expand=crop_expand, device=device)
+        vi = torch.as_tensor(np.nonzero(found)[0])
+        with torch.no_grad():
+            out[vi] = scorer.model.encode_frames(crops[vi.to(crops.device)].float()).float().cpu()
+    return out
+
+
+def add_zs_columns(table, scorer: ZeroShotScorer, zs_feats, source: str = "input"):
+    """Append the ``zs_<label>`` probability columns to a prediction table (NaN without a face)."""
+    if zs_feats is None:
+        raise ValueError(f"{source}: zero-shot (zs_) columns need video frames or face crops through "
+                         "EmoCLIP's image tower; precomputed features of another encoder cannot be used")
+    probs = scorer.frame_probs(zs_feats)
+    found = table["face_found"].to_numpy(bool)
+    probs[~found] = np.nan
+    for j, col in enumerate(scorer.columns):
+        table[col] = probs[:, j]
+    return table

@@ -5,8 +5,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from affaccel.emoclip.descriptions import (BUILTIN_SETS, builtin_label_set, label_set_from_mapping,
-                                           load_label_set, read_label_file)
+from affaccel.emoclip.descriptions import (
+    BUILTIN_SETS,
+    builtin_label_set,
+    label_set_from_mapping,
+    load_label_set,
+    read_label_file,
+)
 
 
 def fake_encoder(dim=6):
