@@ -43,6 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--probe", action="store_true", help="VA: also probe the features with ridge regressions")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    from affaccel import cli_checks as c
+
+    def check():
+        c.at_least("--epochs", a.epochs, 1)
+        for s in a.seeds:
+            c.at_least("--seeds", s, 0)
+        c.folder("--data-root", a.data_root)
+        c.output_folder("--out", a.out)
+
+    status = c.report(check)
+    if status is not None:
+        return status
     data = data_arguments(a)
     job = JobSpec(task=a.task, data_root=data["root"], annotations=data["annotations"], frames=data["frames"],
                   preset=a.preset, synthetic=a.synthetic,

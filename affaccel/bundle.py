@@ -78,6 +78,20 @@ def save_bundle(path: str | Path, **kwargs) -> Path:
     return path
 
 
+def _need(entry: Any, path: Path, where: str, keys: tuple[str, ...]) -> None:
+    """A named error when ``entry`` (the bundle's ``where``) lacks one of ``keys``."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: bundle entry {where!r} is {type(entry).__name__}, expected a dict; "
+                         "the file is damaged or not written by affaccel: write it again with "
+                         "affaccel.bundle.save_bundle (python -m affaccel.train does)")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        name = ", ".join(f"{where}.{k}" if where else k for k in missing)
+        raise ValueError(f"{path}: bundle has no {name} entry; the file is incomplete or from "
+                         "another program: write it again with affaccel.bundle.save_bundle "
+                         "(python -m affaccel.train does)")
+
+
 def read_bundle_dict(path: str | Path) -> dict:
     """The raw bundle dict, checked, loaded with weights_only=True on CPU."""
     import torch
@@ -94,6 +108,12 @@ def read_bundle_dict(path: str | Path) -> dict:
     if raw.get("version") != BUNDLE_VERSION:
         raise ValueError(f"{path}: bundle version {raw.get('version')} is not supported "
                          f"(this affaccel reads version {BUNDLE_VERSION})")
+    _need(raw, path, "", ("encoder", "window", "tasks"))
+    if raw["encoder"] is not None:
+        _need(raw["encoder"], path, "encoder", ("config", "preprocess", "state_dict"))
+    _need(raw["tasks"], path, "tasks", ())
+    for t, entry in raw["tasks"].items():
+        _need(entry, path, f"tasks.{t}", ("config", "state_dict"))
     return raw
 
 
@@ -103,29 +123,60 @@ def load_bundle(path: str | Path, device: str = "cpu", tasks: list[str] | None =
     from affaccel.nn.temporal import TemporalModel
 
     raw = read_bundle_dict(path)
+    path = Path(path)
     encoder = enc_cfg = None
     if raw["encoder"] is not None:
-        from affaccel.config import ClipConfig
-        from affaccel.nn.clip import build_encoder
-
-        enc_cfg = from_dict(ClipConfig, raw["encoder"]["config"])
-        encoder = build_encoder(enc_cfg)  # architecture (random init), then the bundle's weights
-        if encoder.preprocess != raw["encoder"]["preprocess"]:
-            raise ValueError(f"{path}: the encoder's preprocessing {raw['encoder']['preprocess']} differs "
-                             f"from what open_clip gives for {enc_cfg.model_name} ({encoder.preprocess})")
-        encoder.load_state_dict(raw["encoder"]["state_dict"])
+        encoder, enc_cfg = _bundle_encoder(raw["encoder"], path)
         encoder.to(device).eval()
-    out = Bundle(encoder, enc_cfg, from_dict(WindowConfig, raw["window"]), meta=raw.get("meta", {}))
+    out = Bundle(encoder, enc_cfg, _config(WindowConfig, raw["window"], path, "window"),
+                 meta=raw.get("meta", {}))
     wanted = list(raw["tasks"]) if tasks is None else tasks
     for task in wanted:
         if task not in raw["tasks"]:
             raise ValueError(f"{path}: bundle has no model for task {task!r} (it has {sorted(raw['tasks'])})")
         entry = raw["tasks"][task]
-        cfg = from_dict(TrainConfig, entry["config"])
+        cfg = _config(TrainConfig, entry["config"], path, f"tasks.{task}.config")
         model = TemporalModel(cfg.model)
-        model.load_state_dict(entry["state_dict"])
-        out.models[task], out.configs[task], out.metrics[task] = model.to(device).eval(), cfg, entry["metrics"]
+        _weights(model, entry["state_dict"], path, f"tasks.{task}.state_dict")
+        out.models[task], out.configs[task] = model.to(device).eval(), cfg
+        out.metrics[task] = entry.get("metrics", {})
     return out
+
+
+def _config(cls, entry, path: Path, where: str):
+    try:
+        return from_dict(cls, entry)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: bundle entry {where} is not a valid {cls.__name__} ({e}); write the "
+                         "bundle again with this affaccel version") from None
+
+
+def _weights(module, state, path: Path, where: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise ValueError(f"{path}: bundle entry {where} does not fit the model its config describes "
+                         f"({first}); the file is damaged or was edited: write it again") from None
+
+
+def _bundle_encoder(entry: dict, path: Path):
+    """(ClipEncoder, ClipConfig) of a bundle's encoder entry. The weights come from the bundle
+    only: a hub tag or a file named in its config is not followed (it could be anything)."""
+    from dataclasses import replace
+
+    from affaccel.config import ClipConfig
+    from affaccel.nn.clip import build_encoder, weights_loaded_after
+
+    enc_cfg = replace(_config(ClipConfig, entry["config"], path, "encoder.config"), pretrained=None,
+                      checkpoint=None)
+    with weights_loaded_after():   # architecture (random init), then the bundle's weights
+        encoder = build_encoder(enc_cfg)
+    if encoder.preprocess != entry["preprocess"]:
+        raise ValueError(f"{path}: the encoder's preprocessing {entry['preprocess']} differs "
+                         f"from what open_clip gives for {enc_cfg.model_name} ({encoder.preprocess})")
+    _weights(encoder, entry["state_dict"], path, "encoder.state_dict")
+    return encoder, enc_cfg
 
 
 def add_task(path: str | Path, source: str | Path, task: str | None = None) -> Path:

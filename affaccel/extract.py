@@ -14,7 +14,21 @@ import argparse
 import sys
 import time
 
+from affaccel import cli_checks
 from affaccel.data.layout import add_data_arguments
+
+
+def _check(args) -> None:
+    c = cli_checks
+    c.at_least("--batch-size", args.batch_size, 1)
+    c.device("--device", args.device)
+    c.file("--checkpoint", args.checkpoint, "checkpoint file")
+    for flag in ("--data-root", "--annotations", "--frames"):
+        c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))
+    c.output_folder("--cache", args.cache)
+    bad = [s for s in args.splits.split(",") if s and s not in ("train", "val", "test")]
+    if bad or not [s for s in args.splits.split(",") if s]:
+        raise c.ArgError(f"--splits {args.splits!r}: expected a comma list of train, val, test")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                         "Either way a corrupt or truncated image is reported and masked like a missing frame")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    status = cli_checks.report(lambda: _check(args))
+    if status is not None:
+        return status
     # affaccel's own messages at INFO; open_clip logs its model building on the root logger
     import logging
 

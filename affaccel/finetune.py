@@ -26,6 +26,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from affaccel import cli_checks
 from affaccel.config import FinetuneConfig, finetune_preset
 from affaccel.data.layout import add_data_arguments, data_arguments
 from affaccel.stages.finetune import check_aux
@@ -92,12 +93,30 @@ def config_from_args(args, cuda: bool) -> FinetuneConfig:
     return replace(cfg, **over)
 
 
+def check_args(args) -> None:
+    """Every argument problem found before any work (raises cli_checks.ArgError)."""
+    c = cli_checks
+    for flag in ("--epochs", "--batch-size", "--micro-batch-size", "--frame-stride", "--max-steps"):
+        c.at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+    c.positive_number("--lr", args.lr)
+    c.device("--device", args.device)
+    c.file("--checkpoint", args.checkpoint, "weights file")
+    for flag in ("--data-root", "--annotations", "--frames"):
+        c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))
+    c.output_folder("--out", args.out)
+    if args.resume and args.out and not (Path(args.out) / "last.pt").is_file():
+        raise c.ArgError(f"--resume: no checkpoint {Path(args.out) / 'last.pt'} to continue from")
+
+
 def main(argv: list[str] | None = None) -> int:
     from affaccel import env
     from affaccel.device import resolve_device
     from affaccel.stages.finetune import finetune
 
     args = build_parser().parse_args(argv)
+    status = cli_checks.report(lambda: check_args(args))
+    if status is not None:
+        return status
     # affaccel's own messages at INFO; open_clip logs its model building on the root logger
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affaccel").setLevel(logging.INFO)

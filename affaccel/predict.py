@@ -2,9 +2,12 @@
 
 One table per video (``<out>/<video>.csv`` or ``.parquet``), or with ``--format abaw`` the
 challenge's per-video text files ``<out>/{VA,EXPR,AU}/<video>.txt``. ``--plot`` adds
-``<out>/<video>.png``. A video that cannot be read, has no frames or has no face is reported
-(file and reason) and the others still run; the exit code is 0 only if every video succeeded
-(1 otherwise, 2 for bad arguments).
+``<out>/<video>.png``. Output names are unique within a run (``a/x.mp4`` and ``b/x.mp4`` give
+``x`` and ``x_1``); ``<out>/manifest.json`` maps every input to its files, status and warnings.
+A video in which no face is found still gets its table (``face_found`` false, predictions NaN)
+and a warning. A video that cannot be read or has no frames is reported (file and reason) and
+the others still run; the exit code is 0 only if every video succeeded (1 otherwise, 2 for bad
+arguments, checked before any video is read).
 
 File formats: ``affaccel.inference.writers``; the table's columns: ``affaccel.inference.table``.
 """
@@ -17,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from affaccel.inference.writers import FORMATS, output_names
+from affaccel.inference.writers import FORMATS, MANIFEST_NAME, output_names, write_manifest
 
 
 def resolve_boxes(videos: Sequence[str], boxes: Sequence[str] | None) -> list:
@@ -69,10 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> str | None:
+    """The first problem with the arguments (a one-line message naming the argument), or None.
+    Cheap checks only, all before the bundle is loaded or any video is read."""
+    from affaccel import cli_checks as c
+
+    try:
+        c.at_least("--batch-size", args.batch_size, 1)
+        c.at_least("--redetect-every", args.redetect_every, 1)
+        c.output_folder("--out", args.out)
+        c.file("--bundle", args.bundle, "bundle (written by python -m affaccel.train)")
+        c.device("--device", args.device)
+    except c.ArgError as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         boxes = resolve_boxes(args.videos, args.boxes)
@@ -87,51 +107,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     out = Path(args.out)
-    names = output_names(args.videos)
-    rows, failures = [], []
+    entries: list[dict] = []
     t_all = time.perf_counter()
     videos_bar = tqdm(total=len(args.videos), desc="videos", unit="video",
                       disable=args.no_progress or len(args.videos) < 2)
-    for video, name, bx in zip(args.videos, names, boxes):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
-                                              weighting=args.weighting, stream=args.stream,
-                                              progress=not args.no_progress)
-            if args.verbose:
-                tqdm.write(f"{video}: decoded with {res.decoder}, {res.n_frames} frames")
-            for w in caught:   # e.g. "decoding stopped after N frames (corrupt file)"
-                tqdm.write(f"warning: {video}: {str(w.message).removeprefix(f'{video}: ')}",
-                           file=sys.stderr)
-            if res.n_faces == 0:
-                raise ValueError(f"no face found in any of its {res.n_frames} frames")
-            files = res.save(out, args.format, name=name)
-            if args.plot:
-                files.append(res.plot(out / f"{name}.png"))
-            rows.append((video, res.n_frames, res.n_faces, res.seconds))
-        except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
-            reason = getattr(e, "reason", None) or str(e)
-            # the decoder's errors already start with the path; do not repeat it
-            reason = reason.removeprefix(f"{video}: ")
-            failures.append((video, f"{type(e).__name__}: {reason}"))
-            tqdm.write(f"FAILED {video}: {type(e).__name__}: {reason}", file=sys.stderr)
+    for video, name, bx in zip(args.videos, output_names(args.videos), boxes):
+        entries.append(_predict_one(predictor, args, video, name, bx, out))
+        write_manifest(out, entries)   # after every video: a crash leaves it current
         videos_bar.update()
     videos_bar.close()
-    _summary(rows, failures, time.perf_counter() - t_all, out)
-    return 0 if not failures else 1
+    _summary(entries, time.perf_counter() - t_all, out)
+    return 0 if all(e["status"] != "failed" for e in entries) else 1
 
 
-def _summary(rows, failures, seconds: float, out: Path) -> None:
-    print(f"{'video':40s} {'frames':>8s} {'faces':>8s} {'seconds':>9s} {'frames/s':>9s}")
-    for video, n, faces, secs in rows:
-        print(f"{Path(video).name[:40]:40s} {n:8d} {faces:8d} {secs:9.2f} {n / secs:9.1f}")
-    total = sum(r[1] for r in rows)
-    print(f"{len(rows)} of {len(rows) + len(failures)} videos done, {total} frames in "
+def _predict_one(predictor, args, video: str, name: str, bx, out: Path) -> dict:
+    """Predict one input and write its files; the manifest entry (failures included)."""
+    from tqdm.auto import tqdm
+
+    entry: dict = {"input": str(video), "status": "failed", "outputs": [], "warnings": []}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
+                                          weighting=args.weighting, stream=args.stream,
+                                          progress=not args.no_progress)
+        # e.g. "decoding stopped after N frames (corrupt file)"
+        entry["warnings"] = [str(w.message).removeprefix(f"{video}: ") for w in caught]
+        if res.n_faces == 0:  # still a table: one row per frame, face_found false, NaN predictions
+            entry["warnings"].append(f"no face found in any of its {res.n_frames} frames: every row "
+                                     "has face_found false and NaN predictions")
+        files = res.save(out, args.format, name=name)
+        if args.plot:
+            files.append(res.plot(out / f"{name}.png"))
+        entry.update(status="ok" if res.n_faces else "no_face", outputs=[str(f) for f in files],
+                     frames=res.n_frames, faces=res.n_faces, seconds=round(res.seconds, 3),
+                     decoder=res.decoder)
+        if args.verbose:
+            tqdm.write(f"{video}: decoded with {res.decoder}, {res.n_frames} frames")
+    except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
+        reason = getattr(e, "reason", None) or str(e)
+        # the decoder's errors already start with the path; do not repeat it
+        entry["reason"] = f"{type(e).__name__}: {reason.removeprefix(f'{video}: ')}"
+        tqdm.write(f"FAILED {video}: {entry['reason']}", file=sys.stderr)
+    for w in entry["warnings"]:
+        tqdm.write(f"warning: {video}: {w}", file=sys.stderr)
+    return entry
+
+
+def _summary(entries: list[dict], seconds: float, out: Path) -> None:
+    done = [e for e in entries if e["status"] != "failed"]
+    print(f"{'video':40s} {'frames':>8s} {'faces':>8s} {'seconds':>9s} {'frames/s':>9s}  output")
+    for e in done:
+        n, secs = e["frames"], e["seconds"]
+        fps = n / secs if secs > 0 else float("nan")
+        print(f"{Path(e['input']).name[:40]:40s} {n:8d} {e['faces']:8d} {secs:9.2f} {fps:9.1f}  "
+              f"{', '.join(Path(o).name for o in e['outputs'])}")
+    total = sum(e["frames"] for e in done)
+    print(f"{len(done)} of {len(entries)} videos done, {total} frames in "
           f"{seconds:.1f} s ({total / seconds if seconds > 0 else float('nan'):.1f} frames/s) "
-          f"-> {out}")
-    for video, why in failures:
-        print(f"failed: {video}: {why}")
+          f"-> {out} (manifest: {out / MANIFEST_NAME})")
+    for e in entries:
+        for w in e["warnings"]:
+            print(f"warning: {e['input']}: {w}")
+        if e["status"] == "failed":
+            print(f"failed: {e['input']}: {e['reason']}")
 
 
 if __name__ == "__main__":

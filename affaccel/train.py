@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from affaccel import cli_checks
 from affaccel.config import PRESET_NAMES, JobSpec
 from affaccel.data.layout import add_data_arguments, data_arguments
 
@@ -48,13 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> None:
+    """Every argument problem found before any work (raises cli_checks.ArgError)."""
+    from affaccel import cli_checks as c
+
+    c.at_least("--epochs", args.epochs, 1)
+    c.positive_number("--lr", args.lr)
+    c.at_least("--batch-size", args.batch_size, 1)
+    c.at_least("--seed", args.seed, 0)
+    if args.folds not in (0, None) and args.folds < 2:
+        raise c.ArgError(f"--folds must be 0 (official split) or >= 2, got {args.folds}")
+    c.device("--device", args.device)
+    for flag in ("--data-root", "--annotations", "--frames"):
+        c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))
+    c.output_folder("--run-dir", args.run_dir)
+    if args.resume:
+        if args.run_dir is None:
+            raise c.ArgError("--resume needs --run-dir (the run to continue)")
+        if not args.folds and not (Path(args.run_dir) / "last.pt").is_file():
+            raise c.ArgError(f"--resume: no checkpoint {Path(args.run_dir) / 'last.pt'} to continue from; "
+                             "drop --resume to start a new run")
+        if args.folds and not Path(args.run_dir).is_dir():
+            raise c.ArgError(f"--resume: run folder {args.run_dir} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from affaccel.stages import pipeline
 
     args = build_parser().parse_args(argv)
-    if args.resume and args.run_dir is None:
-        print("error: --resume needs --run-dir (the run to continue)", file=sys.stderr)
-        return 2
+    status = cli_checks.report(lambda: check_args(args))
+    if status is not None:
+        return status
     model = {}
     if args.no_tcn:
         model["use_tcn"] = False

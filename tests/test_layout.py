@@ -111,7 +111,7 @@ LAYERS = [
               "affaccel.faces", "affaccel.bundle", "affaccel.emoclip"}),
     ("inference", {"affaccel.inference"}),
     ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate"}),
-    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.emoclip.train", "affaccel.emoclip.zeroshot",
+    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.emoclip.train", "affaccel.emoclip.zeroshot",
                     "affaccel.emoclip.embed"}),
 ]
 

@@ -279,8 +279,10 @@ class AffectPredictor:
             import torch
 
             dim = self.feature_dim or 1
-            for i in range(0, filler.pending, 4096):
-                stream.push(torch.zeros((min(4096, filler.pending - i), dim)))
+            for i in range(0, filler.pending, 4096):   # what push() finalizes is emitted too
+                df = emit(*stream.push(torch.zeros((min(4096, filler.pending - i), dim))))
+                if df is not None:
+                    yield df
         df = emit(*stream.finish())
         if df is not None:
             yield df

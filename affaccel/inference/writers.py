@@ -69,13 +69,32 @@ def write_result(result, out_dir, fmt: str = "csv", name: str | None = None) -> 
     return [write_table(result.frame, out_dir / f"{name}.{fmt}", fmt)]
 
 
-def output_names(videos: Sequence[str]) -> list[str]:
-    """File stems for the outputs; repeated stems get a numeric suffix (a/x.mp4, b/x.mp4)."""
-    seen: dict[str, int] = {}
+def output_names(videos: Sequence[str], taken: Sequence[str] = ()) -> list[str]:
+    """Unique file stems for the outputs of one run: a repeated stem gets the first numeric
+    suffix that is neither taken nor another input's own stem (``a/x.avi``, ``b/x.mp4`` and
+    ``x_1.mp4`` -> ``x``, ``x_2``, ``x_1``), compared case-insensitively (macOS / Windows
+    file systems). ``taken``: stems already used in this run."""
+    stems = [Path(str(v)).stem for v in videos]
+    reserved = {s.lower() for s in stems}
+    used = {t.lower() for t in taken}
     names = []
-    for v in videos:
-        stem = Path(v).stem
-        k = seen.get(stem, 0)
-        seen[stem] = k + 1
-        names.append(stem if k == 0 else f"{stem}_{k}")
+    for stem in stems:
+        name, k = stem, 0
+        # a suffixed name must also stay free for the input whose own stem it is
+        while name.lower() in used or (k and name.lower() in reserved):
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name.lower())
+        names.append(name)
     return names
+
+
+MANIFEST_NAME = "manifest.json"
+
+
+def write_manifest(out_dir, entries: list[dict]) -> Path:
+    """``<out>/manifest.json``: one entry per input (input, status ok / no_face / failed,
+    outputs written, frames, faces, warnings, reason), written atomically."""
+    path = Path(out_dir) / MANIFEST_NAME
+    io_utils.atomic_write_json(path, {"format": "affaccel-predict-manifest/1", "inputs": entries})
+    return path

@@ -17,9 +17,11 @@ This module imports torch and open_clip; ``import affaccel`` does not import it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,27 @@ class FinetuneModel(nn.Module):
         return torch.cat([self.head(feats), self.aux(feats)], dim=1)
 
 
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def weights_loaded_after():
+    """Silence open_clip's "No pretrained weights loaded ... initialized randomly" while an
+    architecture is built whose weights (a bundle's, a checkpoint's) are loaded right after:
+    that message is true of the intermediate model only and misleads. Other messages pass."""
+    notice = _RandomInitNotice()
+    loggers = [logging.getLogger(), logging.getLogger("open_clip")]
+    for lg in loggers:
+        lg.addFilter(notice)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(notice)
+
+
 def _open_clip_visual(cfg: ClipConfig, pretrained: str | None):
     """Build the open_clip model for ``cfg`` and keep only its image tower and preprocess cfg."""
     import open_clip
@@ -235,7 +258,8 @@ def _encoder_from_checkpoint(obj: dict, path: Path) -> ClipEncoder:
     cfg = replace(cfg, pretrained=None, checkpoint=None)
     visual = _visual_skeleton(cfg)
     if visual is None:
-        visual, _ = _open_clip_visual(cfg, None)
+        with weights_loaded_after():
+            visual, _ = _open_clip_visual(cfg, None)
     enc = ClipEncoder(visual, cfg, obj["preprocess"])
     _load_state(enc, obj["encoder_state"], path, "encoder_state", assign=True)
     leftover = [n for n, t in [*enc.named_parameters(), *enc.named_buffers()] if t.is_meta]
