@@ -73,3 +73,29 @@ def test_k_fold_table_on_the_shipped_layout(abaw, capsys):
     data = load_affwild2(root)
     fold0 = json.loads((base / "fold0" / "final_metrics.json").read_text())
     assert set(fold0["per_video"]) == {r.video_id for r in data.by_split("val", "va")}
+
+
+def test_train_then_submit_then_check(abaw):
+    """The whole participant flow on the shipped layout: train, submit from the bundle, and the
+    files pass --check against the sample files (rows in order, a valid value on every row)."""
+    from affaccel import submit, train
+    from affaccel.data.affwild2 import read_test_sample
+
+    home, root, plan = abaw
+    run = home / "run_va_submit"
+    assert train.main(["--task", "va", "--data-root", str(root), "--preset", "tiny", "--epochs", "1",
+                       "--run-dir", str(run), "--quiet"]) == 0
+    out = home / "submission"
+    assert submit.main(["--bundle", str(run / "bundle.pt"), "--data-root", str(root), "--out", str(out),
+                        "--zip", "--quiet"]) == 0
+    files = sorted(out.glob("*_predictions.txt"))
+    assert [f.name for f in files] == ["CVPR_8th_ABAW_VA_test_set_predictions.txt"]
+    rows = files[0].read_text().splitlines()
+    sample = read_test_sample(root / "CVPR_8th_ABAW_VA_test_set_sample.txt", "va")
+    assert rows[0] == "image_location,valence,arousal" and len(rows) == 1 + len(sample)
+    assert [r.split(",")[0] for r in rows[1:]] == [f"{v}/{t:05d}.jpg" for v, t in sample]
+    assert submit.main(["--check", str(out), "--data-root", str(root)]) == 0
+    assert submit.main(["--check", str(out / "abaw_submission.zip"), "--data-root", str(root)]) == 0
+    # a corrupted copy fails the check
+    files[0].write_text("\n".join(rows[:-1]) + "\n")
+    assert submit.main(["--check", str(out), "--data-root", str(root)]) == 1
