@@ -1,23 +1,9 @@
 """Command line of the paper's ablation (Table 2): full model vs without fine-tuning / TCN /
-Transformer (``affaccel.stages.ablation``).
+Transformer; what each row changes and the ``--probe`` diagnosis: ``affaccel.stages.ablation``.
 
-    python -m affaccel.ablate --task va [--data-root DIR] [--seeds 0 1 2] [--out DIR]
-
-Every variant trains on the same videos with the same seeds and the same training config; only
-one thing changes per row:
-
-- full:             fine-tuned CLIP features -> TCN -> Transformer -> MLP
-- w/o fine-tuning:  features of the encoder fine-tuning starts from (pretrained or random init)
-- w/o TCN:          a linear projection instead of the TCN
-- w/o Transformer:  the TCN straight into the MLP head
+    python -m affaccel.ablate --task va [--data-root DIR] [--seeds 0 1 2] [--out DIR] [--probe]
 
 Prints the table and writes it (with every run's metrics) to ``<out>/ablation.json``.
-
-``--probe`` adds a diagnosis of the features themselves (VA only): a per-frame ridge regression
-from each feature source (fine-tuned encoder, non-fine-tuned encoder, and raw 24x24 grey pixels
-as a floor that needs no learning) to valence/arousal, fitted on the training videos and scored
-on the validation videos. When the temporal variants cannot beat each other, this shows whether
-the features carry the signal at all.
 """
 from __future__ import annotations
 

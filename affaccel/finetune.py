@@ -1,23 +1,10 @@
-"""Command line of stage 1: fine-tune the CLIP image encoder on expression-labelled frames.
+"""Command line of stage 1: fine-tune the CLIP image encoder on expression-labelled frames
+(what is trained, how, and what is written: ``affaccel.stages.finetune``).
 
     python -m affaccel.finetune [--data-root DIR] [--model NAME] [--epochs N] [--out DIR]
                                 [--resume] [--max-steps N] [--preset auto|paper|cpu]
                                 [--aux-tasks va,au|none]
     torchrun --nproc_per_node N -m affaccel.finetune ...       # data parallel (gloo/nccl)
-
-New fully connected layer(s) on the image embedding predict the 8 expressions; every parameter is
-trained with AdamW (lr 1e-4, batch 256 by default, gradient accumulation where memory is short),
-cross-entropy on valid EXPR frames (optionally class-weighted), frames through the DALI pipeline
-with augmentation, bf16 autocast on GPU. Each epoch ends with the validation macro F1 over the
-valid EXPR frames; ``best.pt`` (highest F1) and ``last.pt`` (with optimizer state, for
-``--resume``) are written atomically to the output folder, with ``config.json`` and
-``history.json``. The checkpoints carry their config and the encoder's identity.
-
-Multi-task option (ours, ``aux_tasks``; the CPU preset uses it): a second linear layer on the
-embedding also predicts valence/arousal (loss 1 - CCC, through the fused CCC kernel) and the 12
-action units (BCE), on the frames that carry those labels; the losses are summed, and the best
-checkpoint is the one with the highest mean of the validation scores (EXPR macro F1, VA mean
-CCC, AU macro F1). The feature extractor downstream uses the encoder only.
 """
 from __future__ import annotations
 
