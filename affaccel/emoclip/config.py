@@ -124,7 +124,7 @@ EMOCLIP_PRESETS: dict[str, dict] = {
                       "temporal": {"width": 128, "layers": 2, "heads": 4, "head_dim": 32,
                                    "ff_dim": 256, "max_len": 64, "final_norm": False}},
             "freeze_text": False, "tower_lr_scale": 1.0, "optimizer": "adamw", "lr": 1e-3,
-            "weight_decay": 0.05, "schedule": "cosine", "epochs": 25, "batch_size": 32,
+            "weight_decay": 0.05, "schedule": "cosine", "epochs": 20, "batch_size": 32,
             "clip_len": 16, "frame_step": 2, "clips_per_segment": 2},
     "tiny": {"model": {"model_name": "affaccel-rn-tiny",
                        "temporal": {"width": 128, "layers": 1, "heads": 2, "head_dim": 16,

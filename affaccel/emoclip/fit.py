@@ -21,7 +21,7 @@ import numpy as np
 from affaccel.config import to_dict
 from affaccel.emoclip.config import EmoClipTrainConfig
 from affaccel.emoclip.data import ClipItem, captions_for, clip_frames, load_cached_features, load_frames, segment_clips
-from affaccel.emoclip.descriptions import LabelSet, load_label_set, subset
+from affaccel.emoclip.descriptions import LabelSet, load_label_set
 from affaccel.emoclip.evaluate import caption_retrieval, zero_shot
 from affaccel.io_utils import atomic_write_json
 
@@ -125,7 +125,7 @@ def train_epochs(model, cfg: EmoClipTrainConfig, items: Sequence[ClipItem], labe
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         row = {"epoch": epoch, "step": step, "loss": float(np.mean(losses)),
-               "logit_scale": float(model.logit_scale.exp()), "seconds": round(time.perf_counter() - t0, 2)}
+               "logit_scale": float(model.logit_scale.detach().exp()), "seconds": round(time.perf_counter() - t0, 2)}
         if val is not None and (epoch == cfg.epochs - 1 or (epoch + 1) % max(1, cfg.epochs // 5) == 0):
             row.update(validate(model, cfg, val, features, records))
         history.append(row)
@@ -205,10 +205,9 @@ def run_training(cfg: EmoClipTrainConfig, out_dir: str | Path, data_root=None, c
                          f"({labels.names})")
     train_items = [it for it in items["train"] if it.expression not in cfg.exclude_classes
                    and it.expression in labels.names]
-    train_labels = subset(labels, [n for n in labels.names if n not in cfg.exclude_classes])
     val = {"items": items["val"], "captions": captions_for(items["val"], cfg.caption_seed), "labels": labels}
     t0 = time.perf_counter()
-    history = train_epochs(model, cfg, train_items, train_labels, features, records, val, out, progress)
+    history = train_epochs(model, cfg, train_items, labels, features, records, val, out, progress)
     metrics = final_metrics(model, cfg, items["val"], val["captions"], labels, features, records)
     if cfg.exclude_classes:   # the held-out classes' training-split clips were never trained on either
         unseen = [it for it in items["train"] + items["val"] if it.expression in cfg.exclude_classes]
