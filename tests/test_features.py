@@ -186,7 +186,7 @@ def test_killed_process_leaves_only_complete_entries(tmp_path, videos, encoder):
 import numpy as np, os, signal
 from affaccel.stages.features import FeatureCache
 c = FeatureCache({str(tmp_path)!r}, {cache.encoder_identity!r}, {cache.preprocessing_identity!r})
-c.write("vid_a", np.ones((7, {encoder.feature_dim})))
+c.write("vid_a", np.ones((7, {encoder.feature_dim})), frames={F.frames_fingerprint(videos[0])!r})
 orig = np.save
 def dying_save(f, arr):  # half the bytes reach the temp file, then the process is killed
     orig(f, arr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import zlib
 from pathlib import Path
@@ -38,6 +39,39 @@ def cache_key(encoder_identity: str, preprocessing_identity: str = "") -> str:
     """Folder name of a cache: hash of the encoder identity and the preprocessing identity."""
     blob = f"{encoder_identity}|{preprocessing_identity}".encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def frames_fingerprint(record: Any) -> str:
+    """Identity of a video's frames as they are on disk now: every frame file's resolved path,
+    size and modification time (one ``stat`` per file, no reading), and which frames are
+    present. Replacing, editing or moving the images changes it; so does another data root."""
+    h = hashlib.sha256(f"{record.video_id}|{record.n_frames}".encode())
+    last = None
+    for p in record.frame_paths:
+        if p == last:             # a missing frame points at its neighbour's file
+            h.update(b"=")
+            continue
+        last = p
+        try:
+            st = os.stat(p)
+            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{os.path.abspath(p)}|missing\n".encode())
+    h.update(np.asarray(record.frame_present, bool).tobytes())
+    return h.hexdigest()[:20]
+
+
+def data_fingerprint(records: Sequence[Any]) -> str:
+    """Identity of a set of videos for the fine-tune cache: each video's frames
+    (:func:`frames_fingerprint`), split and labels with their masks (the annotation files'
+    content as read), in video order."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: (r.video_id, r.split)):
+        h.update(f"{r.video_id}|{r.split}|{frames_fingerprint(r)}".encode())
+        for task in sorted(r.labels):
+            h.update(task.encode() + np.ascontiguousarray(r.labels[task]).tobytes())
+            h.update(np.ascontiguousarray(r.label_mask[task], bool).tobytes())
+    return h.hexdigest()[:20]
 
 
 def _crc32_file(path: Path, chunk: int = 1 << 22) -> int:
@@ -113,7 +147,8 @@ class FeatureCache:
         return self.dir / f"{video_id}.npy"
 
     # -- validity --------------------------------------------------------------------------
-    def check(self, video_id: str, n_frames: int | None = None, deep: bool = False) -> str | None:
+    def check(self, video_id: str, n_frames: int | None = None, deep: bool = False,
+              frames: str | None = None) -> str | None:
         """None if the entry is valid, else why not (missing, wrong shape, truncated, ...).
 
         Cheap by default (manifest entry, file size, ``.npy`` header); ``deep=True`` also
@@ -125,6 +160,8 @@ class FeatureCache:
         path = self.path(video_id)
         if n_frames is not None and entry["n_frames"] != n_frames:
             return f"manifest has {entry['n_frames']} frames, expected {n_frames}"
+        if frames is not None and entry.get("frames") != frames:
+            return "its frame images changed since the features were computed (size, time or path)"
         try:
             size = path.stat().st_size
         except OSError:
@@ -157,7 +194,7 @@ class FeatureCache:
                              "run the extraction again to rebuild it")
         return np.load(self.path(video_id), mmap_mode="r")
 
-    def write(self, video_id: str, features: np.ndarray, bad_frames=()) -> Path:
+    def write(self, video_id: str, features: np.ndarray, bad_frames=(), frames: str | None = None) -> Path:
         """Store features [T, D] (cast to float16) atomically, then record them in the manifest.
 
         bad_frames: 0-based frames whose image could not be decoded (their rows hold a
@@ -178,7 +215,7 @@ class FeatureCache:
         self._manifest["feature_dim"] = int(feats.shape[1])
         self._manifest["videos"][video_id] = {
             "n_frames": int(feats.shape[0]), "bytes": path.stat().st_size,
-            "crc32": _crc32_file(path), "bad_frames": [int(i) for i in bad_frames]}
+            "crc32": _crc32_file(path), "bad_frames": [int(i) for i in bad_frames], "frames": frames}
         atomic_write_json(self.manifest_path, self._manifest)
         return path
 
@@ -282,7 +319,7 @@ class _Assembler:
             src = np.maximum.accumulate(np.where(decoded, np.arange(len(decoded)), -1))
             src[src < 0] = int(np.argmax(decoded))
             feats = feats[src]
-        self.cache.write(vid, feats, bad_frames=bad)
+        self.cache.write(vid, feats, bad_frames=bad, frames=frames_fingerprint(self.records[v]))
         self.done.append(vid)
         if self.on_video_done is not None:
             self.on_video_done(vid)
@@ -305,7 +342,7 @@ def _pending(records: Sequence[Any], cache: FeatureCache, verify: bool) -> tuple
         _validate_record(r)
     pending, skipped = [], []
     for r in records:
-        reason = cache.check(r.video_id, r.n_frames, deep=verify)
+        reason = cache.check(r.video_id, r.n_frames, deep=verify, frames=frames_fingerprint(r))
         if reason is None:
             skipped.append(r.video_id)
         else:

@@ -96,7 +96,11 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
     cfg = finetune_preset(preset, pretrained)
     if not finetune:
         return build_encoder(cfg.clip).eval()
+    from affaccel.stages.features import data_fingerprint
+
+    # the frames on disk (path, size, mtime of each) and the labels, not only the video ids
     key = _digest({"cfg": to_dict(cfg), "videos": sorted((r.video_id, r.split, r.n_frames) for r in records),
+                   "data": data_fingerprint(records),
                    "tag": tag})
     out = env.home() / "finetune" / f"{cfg.clip.model_name}-{key}"
     done = out / "done.json"
