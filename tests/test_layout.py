@@ -111,8 +111,8 @@ LAYERS = [
               "affaccel.faces", "affaccel.bundle", "affaccel.emoclip"}),
     ("inference", {"affaccel.inference"}),
     ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate"}),
-    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.emoclip.train", "affaccel.emoclip.zeroshot",
-                    "affaccel.emoclip.embed"}),
+    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.emoclip.train",
+                    "affaccel.emoclip.zeroshot", "affaccel.emoclip.embed"}),
 ]
 
 
