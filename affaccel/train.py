@@ -20,7 +20,10 @@ from affaccel.data.layout import add_data_arguments, data_arguments
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m affaccel.train", description=(
         "Train the temporal model of one task. With no --data-root: the built-in synthetic set, "
-        "with every stage it needs (fine-tune, extract; cached)."))
+        "with every stage it needs (fine-tune, extract; cached). With --data-root the reader is lenient: a bad "
+        "annotation file drops that task for that video, a video without frame images is left out, a corrupt "
+        "frame image is masked like a missing frame; each is warned about and listed (file, reason) under the "
+        "final table and in final_metrics.json ('skipped')."))
     p.add_argument("--task", choices=["va", "expr", "au"], default="va")
     add_data_arguments(p)
     p.add_argument("--folds", type=int, default=0,

@@ -142,6 +142,7 @@ class Prepared:
     train_records: list
     val_records: list
     seconds: dict
+    skipped: list = dataclasses.field(default_factory=list)   # what the data left out, and why
 
 
 def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, root=None,
@@ -168,7 +169,23 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
     timings["extract_s"] = time.perf_counter() - t0
     # frames whose image would not decode are masked like missing ones
     keep = lambda rs: cache.mask_bad_frames([r for r in rs if r.video_id not in failed])  # noqa: E731
-    return Prepared(root, preset, encoder, cache, keep(train_records), keep(val_records), timings)
+    return Prepared(root, preset, encoder, cache, keep(train_records), keep(val_records), timings,
+                    skipped_items(dataset, failed))
+
+
+def skipped_items(dataset, failed_features) -> list[dict]:
+    """What the lenient reader skipped (file, reason: entries of ``AffWild2.skipped``) and the
+    videos whose features failed, as rows for final_metrics.json and the final table."""
+    rows = [{"file": str(f), "reason": str(why)} for f, why in getattr(dataset, "skipped", [])]
+    return rows + [{"video": v, "reason": "no features (see the extraction log)"} for v in sorted(failed_features)]
+
+
+def skipped_lines(skipped: list[dict]) -> str:
+    if not skipped:
+        return ""
+    lines = [f"skipped {len(skipped)} (lenient data mode; also in final_metrics.json):"]
+    lines += [f"  {s.get('file') or s.get('video')}: {s['reason']}" for s in skipped]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -195,7 +212,7 @@ def train_stage(job: JobSpec, prep: Prepared, run_dir: Path):
     per_video = write_per_video(run_dir, job.task, result.model, val_seqs, cfg, resolve_device())
     write_final_metrics(run_dir, job.task, result.metrics, result.best_epoch, bundle,
                         extra={"seconds": prep.seconds, "preset": prep.preset, "data_root": str(prep.root),
-                               "per_video": per_video})
+                               "per_video": per_video, "skipped": prep.skipped})
     return result, bundle
 
 
@@ -242,6 +259,8 @@ def run_job(job: JobSpec) -> dict:
             print(f"\n{job.task.upper()} on {prep.root} ({len(prep.val_records)} validation videos, "
                   f"best epoch {result.best_epoch}, {time.perf_counter() - t0:.0f} s)")
             print(final_table(job.task, result.metrics))
+            if prep.skipped:
+                print(skipped_lines(prep.skipped))
             print(f"run: {run_dir}\nbundle: {bundle}")
         return final
     return {}

@@ -98,7 +98,12 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, foreign pickle
+        # (torch's own text suggests unsafe loading; only its kind is kept)
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}; the file is truncated or "
+                         "damaged, e.g. by a full disk): delete it, or the run folder, and train again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an affaccel temporal checkpoint")
     return ckpt
@@ -270,6 +275,24 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float, seconds: float, state: 
     return row, score
 
 
+# what a resumed run must share with the run that wrote last.pt (the rest may change, e.g. epochs)
+_RESUME_FIELDS = ("task", "preset", "window", "model")
+
+
+def _check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+    missing = [k for k in ("config", "model", "optimizer", "scheduler", "epoch", "history", "best")
+               if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}: it cannot be resumed (a best.pt copied "
+                         "over last.pt?); drop --resume or use another --run-dir")
+    now = to_dict(cfg)
+    for key in _RESUME_FIELDS:
+        if ckpt["config"].get(key) != now.get(key):
+            raise ValueError(f"{path}: written with {key}={ckpt['config'].get(key)!r}, this run has "
+                             f"{key}={now.get(key)!r}; resume with the same --task/--preset, or use "
+                             "another --run-dir")
+
+
 def _resume_state(run: _Run, resume: bool) -> tuple[int, dict]:
     """(first epoch, {"history", "best"}): from ``run_dir/last.pt`` when resuming."""
     state = {"history": [], "best": {"score": -math.inf, "epoch": -1, "metrics": {}}}
@@ -277,6 +300,7 @@ def _resume_state(run: _Run, resume: bool) -> tuple[int, dict]:
     if not (resume and last.is_file()):
         return 0, state
     ckpt = load_checkpoint(last)
+    _check_resumable(ckpt, run.cfg, last)
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
