@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from test_train import tiny_cfg, toy_videos
 
 from affaccel.stages.temporal import train
-from test_train import tiny_cfg, toy_videos
 
 
 @pytest.fixture(scope="module")
