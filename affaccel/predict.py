@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m affaccel.predict",
         description="Per-frame valence/arousal, expressions and action units of face videos.")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any FFmpeg format)")
-    p.add_argument("--bundle", required=True, help="model bundle written by affaccel.train")
+    p.add_argument("--bundle", help="model bundle written by affaccel.train (VA / EXPR / AU columns)")
+    p.add_argument("--emoclip", help="EmoCLIP checkpoint (python -m affaccel.emoclip.train): adds per-frame "
+                   "zero-shot zs_<label> probability columns, with or without --bundle")
+    p.add_argument("--labels", help="with --emoclip: label set, a built-in name (affaccel, dfew, ferv39k, afew, "
+                   "mafw) or a YAML/JSON file label -> description(s); default: the checkpoint's")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="csv", choices=FORMATS,
                    help="csv / parquet table per video, or abaw challenge text files")
@@ -81,7 +85,16 @@ def check_args(args) -> str | None:
         c.at_least("--batch-size", args.batch_size, 1)
         c.at_least("--redetect-every", args.redetect_every, 1)
         c.output_folder("--out", args.out)
-        c.file("--bundle", args.bundle, "bundle (written by python -m affaccel.train)")
+        if args.bundle is None and args.emoclip is None:
+            raise c.ArgError("give --bundle (VA / EXPR / AU) and/or --emoclip (zero-shot classes)")
+        if args.bundle is not None:
+            c.file("--bundle", args.bundle, "bundle (written by python -m affaccel.train)")
+        if args.emoclip is not None:
+            c.file("--emoclip", args.emoclip, "EmoCLIP checkpoint (written by python -m affaccel.emoclip.train)")
+            if args.stream:
+                raise c.ArgError("--stream: the zs_ columns of --emoclip need the whole-video path; drop --stream")
+        elif args.labels is not None:
+            raise c.ArgError("--labels applies to --emoclip only")
         c.device("--device", args.device)
     except c.ArgError as e:
         return str(e)
@@ -98,9 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         boxes = resolve_boxes(args.videos, args.boxes)
         from affaccel.inference.predictor import AffectPredictor
 
-        predictor = AffectPredictor.from_bundle(
-            args.bundle, device=args.device,
-            tracker_options={"redetect_every": args.redetect_every, "select": args.select})
+        options = {"tracker_options": {"redetect_every": args.redetect_every, "select": args.select}}
+        if args.emoclip is not None:
+            from affaccel.emoclip.frames import ZeroShotScorer
+
+            options["emoclip"] = ZeroShotScorer.from_checkpoint(args.emoclip, labels=args.labels)
+        predictor = (AffectPredictor.from_bundle(args.bundle, device=args.device, **options) if args.bundle
+                     else AffectPredictor({}, device=args.device, **options))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,3 +38,34 @@ def test_train_zeroshot_embed(tmp_path, capsys):
     assert zeroshot.main(["--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "zs2"), "--data-root", root,
                           "--labels", str(bad), "--cache", str(tmp_path / "f"), "--no-progress"]) == 2
     assert "bad.yaml: entry 'calm': description 1 is empty" in capsys.readouterr().err
+    # the same checkpoint on a raw video: python -m affaccel.predict --emoclip adds the zs_ columns
+    from pathlib import Path
+
+    import pandas as pd
+
+    from affaccel import predict
+
+    video = Path(root, "videos", "synth005.mp4")     # one face; its box file is synth005.boxes.csv
+    out = tmp_path / "pred"
+    assert predict.main([str(video), "--emoclip", str(run / "last.pt"), "--labels", "affaccel", "--out", str(out),
+                         "--boxes", str(video.with_suffix(".boxes.csv")), "--no-progress"]) == 0
+    table = pd.read_csv(out / f"{video.stem}.csv")
+    zs = [c for c in table.columns if c.startswith("zs_")]
+    assert len(zs) == 8 and "valence" not in table.columns
+    probs = table.loc[table["face_found"], zs].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-4)
+
+
+def test_predict_emoclip_arguments(tmp_path, capsys):
+    from affaccel import predict
+
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"x")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    cases = [([], "--bundle"), (["--labels", "affaccel", "--bundle", str(ckpt)], "--labels"),
+             (["--emoclip", str(ckpt), "--stream"], "--stream"),
+             (["--emoclip", str(tmp_path / "nope.pt")], "--emoclip")]
+    for extra, flag in cases:
+        assert predict.main([str(video), "--out", str(tmp_path / "o"), *extra]) == 2
+        assert flag in capsys.readouterr().err
