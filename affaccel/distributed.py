@@ -122,6 +122,34 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_by_size(sizes, world: int, rank_: int) -> list[int]:
+    """Indices of the items rank ``rank_`` of ``world`` takes: greedy, largest item first, to the
+    least loaded rank (ties: item order, then the lower rank), so every rank computes the same
+    balanced partition from the same sizes. Returned in item order; all indices when world <= 1."""
+    if world <= 1:
+        return list(range(len(sizes)))
+    if not 0 <= rank_ < world:
+        raise ValueError(f"rank {rank_} outside world of size {world}")
+    load = [0.0] * world
+    owner = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-float(sizes[i]), i)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        owner[i] = r
+        load[r] += float(sizes[i])
+    return [i for i in range(len(sizes)) if owner[i] == rank_]
+
+
 def all_reduce_sum(value: float, device: str = "cpu") -> float:
     """Sum of a Python number over all ranks."""
     import torch
@@ -156,5 +184,5 @@ def main_process_first():
 
 
 __all__ = ["DistInfo", "init_from_env", "get_info", "rank", "world_size", "is_main", "wrap_ddp",
-           "barrier", "broadcast_object",
+           "barrier", "broadcast_object", "all_gather_object", "shard_by_size",
            "all_reduce_sum", "cleanup", "launched_by_torchrun", "main_process_first"]

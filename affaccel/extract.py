@@ -7,6 +7,10 @@ else the open_clip model named by --model/--pretrained) in frame order, batched,
 Features go to ``<cache>/<encoder key>/<video>.npy`` (float16 [T, D]); videos already there are
 skipped, so an interrupted run resumes and a run with nothing to do returns in seconds.
 Prints the cache folder last.
+
+``torchrun --nproc_per_node N -m affaccel.extract ...`` shards the videos still to extract over N
+processes (one GPU each; gloo on CPU) by frame count; rank 0 merges their manifest entries and
+reports.
 """
 from __future__ import annotations
 
@@ -57,20 +61,32 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("affaccel").setLevel(logging.INFO)
+    from affaccel import distributed
     from affaccel.data.layout import data_arguments
     from affaccel.device import resolve_device
     from affaccel.stages.features import extract_dataset
 
     device = str(resolve_device(args.device or "auto"))
+    info = distributed.init_from_env(device)   # torchrun: each rank extracts its share of the videos
+    if info.distributed and device.startswith("cuda"):
+        device = f"cuda:{info.local_rank}"
     t0 = time.time()
-    cache_dir, summary = extract_dataset(data_arguments(args), args.checkpoint, args.cache, args.model,
-                             args.pretrained, args.batch_size, device,
-                             tuple(s for s in args.splits.split(",") if s), not args.quiet,
-                             args.verify, args.frames_backend)
+    try:
+        cache_dir, summary = extract_dataset(data_arguments(args), args.checkpoint, args.cache, args.model,
+                                             args.pretrained, args.batch_size, device,
+                                             tuple(s for s in args.splits.split(",") if s), not args.quiet,
+                                             args.verify, args.frames_backend)
+    finally:
+        distributed.cleanup()
     dt = time.time() - t0
+    if not info.is_main:   # rank 0 reports for all ranks; every rank exits with the same status
+        return 1 if summary["failed"] else 0
     print(f"extracted {len(summary['extracted'])} videos ({summary['frames']} frames), "
           f"skipped {len(summary['skipped'])} already cached, failed {len(summary['failed'])}, "
           f"{dt:.1f} s", file=sys.stderr)
+    if info.distributed:
+        print("shares: " + ", ".join(f"rank {r}: {len(ids)} videos" for r, ids in enumerate(summary["shards"])),
+              file=sys.stderr)
     for vid, err in summary["failed"].items():
         print(f"FAILED {vid}: {err}", file=sys.stderr)
     print(cache_dir)

@@ -102,6 +102,8 @@ class FeatureCache:
         self.dir = self.root / self.key
         self.manifest_path = self.dir / "manifest.json"
         self._manifest = self._read_manifest()
+        self._part_path: Path | None = None   # set by write_to_part (one writer per rank)
+        self._written: dict = {}
 
     @classmethod
     def for_encoder(cls, root: str | Path, encoder) -> "FeatureCache":
@@ -131,6 +133,44 @@ class FeatureCache:
                         "starting it afresh", self.manifest_path)
             return self._empty_manifest()
         return m
+
+    def reload(self) -> None:
+        """Read the manifest again (another process may have rewritten it)."""
+        self._manifest = self._read_manifest()
+
+    def write_to_part(self, rank: int) -> None:
+        """Record this writer's new entries in ``manifest.part-<rank>.json`` instead of the shared
+        manifest, so that several processes can fill one cache at once (``torchrun``); one
+        process then folds the parts in with :meth:`merge_parts`."""
+        self._part_path = self.dir / f"manifest.part-{int(rank)}.json"
+        self._written = {}
+
+    def merge_parts(self) -> list[str]:
+        """Fold every ``manifest.part-*.json`` (written by :meth:`write_to_part` writers, or left by
+        an interrupted sharded run) into ``manifest.json`` atomically, then delete the parts.
+        Parts of another encoder or format are deleted unread. Returns the video ids merged.
+        Call from one process only, when the part writers are done."""
+        merged: list[str] = []
+        parts = sorted(self.dir.glob("manifest.part-*.json")) if self.dir.is_dir() else []
+        for part in parts:
+            try:
+                m = json.loads(part.read_text())
+                ok = (m.get("format") == MANIFEST_FORMAT and m.get("key") == self.key
+                      and m.get("encoder_identity") == self.encoder_identity and isinstance(m.get("videos"), dict))
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                log.warning("feature cache manifest part %s unreadable or of another encoder: ignored", part)
+                continue
+            if m["videos"]:
+                self._manifest["feature_dim"] = m["feature_dim"]
+                self._manifest["videos"].update(m["videos"])
+                merged += list(m["videos"])
+        if merged:
+            atomic_write_json(self.manifest_path, self._manifest)
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return merged
 
     @property
     def feature_dim(self) -> int | None:
@@ -213,10 +253,14 @@ class FeatureCache:
 
         atomic_write_with(path, save)
         self._manifest["feature_dim"] = int(feats.shape[1])
-        self._manifest["videos"][video_id] = {
+        entry = self._manifest["videos"][video_id] = {
             "n_frames": int(feats.shape[0]), "bytes": path.stat().st_size,
             "crc32": _crc32_file(path), "bad_frames": [int(i) for i in bad_frames], "frames": frames}
-        atomic_write_json(self.manifest_path, self._manifest)
+        if self._part_path is None:
+            atomic_write_json(self.manifest_path, self._manifest)
+        else:   # only this writer's entries: the parts of several ranks never overlap
+            self._written[video_id] = entry
+            atomic_write_json(self._part_path, {**self._manifest, "videos": self._written})
         return path
 
     def bad_frames(self, video_id: str) -> np.ndarray:
@@ -240,7 +284,10 @@ class FeatureCache:
         return out
 
     def remove_stale_temp_files(self) -> list[Path]:
-        """Delete temp files a killed writer left behind (one writer per cache folder assumed)."""
+        """Delete temp files a killed writer left behind (one writer per cache folder assumed;
+        a part writer of a sharded run deletes nothing: another rank may be writing)."""
+        if self._part_path is not None:
+            return []
         stale = [p for p in self.dir.glob(".*.tmp")] if self.dir.is_dir() else []
         for p in stale:
             p.unlink(missing_ok=True)
@@ -468,12 +515,59 @@ def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None
         where = {"root": ensure_synthetic("default")}
     records = list(load_affwild2(where["root"], splits=tuple(splits), annotations=where.get("annotations"),
                                  frames=where.get("frames")).videos)
+    from affaccel import distributed
+
     encoder = load_encoder(checkpoint, model, pretrained)
     cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
-    summary = extract_features(records, encoder, cache, batch_size=batch_size, device=device,
-                               progress=progress, verify=verify, backend=backend)
-    return cache.dir, summary
+    options = dict(batch_size=batch_size, device=device, progress=progress, verify=verify, backend=backend)
+    info = distributed.get_info()
+    if info.distributed:
+        return cache.dir, extract_sharded(records, encoder, cache, info, **options)
+    cache.merge_parts()   # entries of an interrupted sharded run (none: nothing happens)
+    return cache.dir, extract_features(records, encoder, cache, **options)
 
 
-__all__ = ["FeatureCache", "extract_features", "cache_key", "default_cache_root", "load_encoder",
+def extract_sharded(records: Sequence[Any], encoder, cache: FeatureCache, info, verify: bool = False,
+                    progress: bool = True, **options) -> dict:
+    """:func:`extract_features` across the ranks of a process group (``torchrun``).
+
+    Rank 0 folds in what an interrupted run left, finds the videos still to extract and
+    broadcasts them; each rank takes a balanced share (``distributed.shard_by_size`` by frame
+    count), writes its ``.npy`` files and a manifest part of its own; after all ranks are done,
+    rank 0 merges the parts into ``manifest.json`` (atomically) and every rank returns the same
+    summary, with ``"shards"``: the ids each rank extracted. ``info``: ``distributed.get_info()``.
+    """
+    from affaccel import distributed
+
+    plan = None
+    if info.is_main:
+        cache.merge_parts()
+        cache.remove_stale_temp_files()
+        pending, skipped = _pending(records, cache, verify)
+        plan = ([r.video_id for r in pending], skipped)
+    pending_ids, skipped = distributed.broadcast_object(plan)
+    cache.reload()
+    by_id = {r.video_id: r for r in records}
+    pending = [by_id[v] for v in pending_ids]
+    share = [pending[i] for i in distributed.shard_by_size([r.n_frames for r in pending], info.world_size,
+                                                            info.rank)]
+    cache.write_to_part(info.rank)
+    try:
+        mine = extract_features(share, encoder, cache, verify=verify, progress=progress and info.is_main,
+                                **options)
+    except Exception as e:  # noqa: BLE001 - the other ranks wait in the gather below: never leave them there
+        mine = {"extracted": [], "skipped": [], "frames": 0,
+                "failed": {r.video_id: f"rank {info.rank}: {type(e).__name__}: {e}" for r in share}}
+    results = distributed.all_gather_object(mine)
+    if info.is_main:
+        cache.merge_parts()
+    distributed.barrier()   # on every rank, the manifest is complete once this returns
+    failed: dict = {}
+    for r in results:
+        failed.update(r["failed"])
+    return {"extracted": [v for r in results for v in r["extracted"]], "skipped": skipped, "failed": failed,
+            "frames": sum(r["frames"] for r in results), "shards": [list(r["extracted"]) for r in results]}
+
+
+__all__ = ["FeatureCache", "extract_features", "extract_sharded", "cache_key", "default_cache_root", "load_encoder",
            "extract_dataset"]
