@@ -78,3 +78,32 @@ def write_video(path: Path, frames: np.ndarray, codec: str = "libx264", fps: int
         for pkt in s.encode():
             c.mux(pkt)
     return path
+
+
+def two_people_cut_frames(n1: int = 40, n2: int = 40, width: int = 320,
+                          height: int = 240) -> np.ndarray:
+    """[n1 + n2, H, W, 3] uint8 with a scene cut at frame n1. Scene 1: the speaker (large
+    portrait, left) and a smaller background face (right) on a grey-green room. Scene 2 (another
+    room, warmer colours): the background person in close-up where the speaker was, so that a
+    tracker that ignores the cut carries the speaker's track on to them."""
+    rng = np.random.default_rng(1)
+    big, small = portrait(), portrait((80, 94))[:, ::-1]
+    scenes = []
+    for k, (colour, left) in enumerate((((110, 130, 120), (150, 120, 100)),
+                                        ((200, 170, 60), (90, 40, 40)))):
+        n = n1 if k == 0 else n2
+        scene = np.empty((height, width, 3), np.uint8)
+        scene[:] = colour
+        scene[:, 2 * width // 3:] = left
+        f = np.repeat(scene[None], n, 0)
+        f = np.clip(f + rng.integers(-4, 5, f.shape), 0, 255).astype(np.uint8)
+        for i in range(n):
+            x = 40 + i % 8
+            if k == 0:
+                f[i, 60:60 + big.shape[0], x:x + big.shape[1]] = big
+                f[i, 30:30 + small.shape[0], 225:225 + small.shape[1]] = small
+            else:
+                close = big[:, ::-1]
+                f[i, 60:60 + close.shape[0], x:x + close.shape[1]] = close
+        scenes.append(f)
+    return np.concatenate(scenes)

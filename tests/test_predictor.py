@@ -55,10 +55,12 @@ def test_schema_rows_and_nan_frames(predictor, videos):
     found = df["face_found"].to_numpy()
     # hidden frames 20..25: the tracker holds the box for max_missed=2 detections, then drops it
     assert found[:20].all() and found[28:].all() and not found[22:26].any()
-    pred_cols = [c for c in df.columns if c not in ("frame", "timestamp_s", "face_found", "face_id")]
+    pred_cols = [c for c in df.columns
+                 if c not in ("frame", "timestamp_s", "face_found", "face_id", "segment")]
     assert df.loc[~found, pred_cols].isna().all().all()       # NaN rows, never zeros
     assert df.loc[found, pred_cols].notna().all().all()
-    assert (df.loc[~found, "face_id"] == -1).all()
+    assert (df.loc[~found, "face_id"] == -1).all() and (df.loc[~found, "segment"] == -1).all()
+    assert (df.loc[found, "segment"] == 0).all()        # one face, no cut: one segment
     probs = df.loc[found, list(EXPRESSIONS)].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert (df.loc[found, "expr_label"] == np.asarray(EXPRESSIONS)[probs.argmax(1)]).all()
@@ -149,7 +151,8 @@ def test_no_face_video_gives_all_nan_rows(predictor, tmp_path):
     path = write_video(tmp_path / "empty_scene.mp4", face_frames(12, face=False))
     df = predictor.predict_video(path).frame
     assert len(df) == 12 and not df["face_found"].any()
-    assert df.drop(columns=["frame", "timestamp_s", "face_found", "face_id"]).isna().all().all()
+    assert df.drop(columns=["frame", "timestamp_s", "face_found", "face_id",
+                            "segment"]).isna().all().all()
 
 
 def test_variable_frame_rate_timestamps(predictor, tmp_path):

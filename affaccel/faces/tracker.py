@@ -8,6 +8,12 @@ than ``max_missed`` detections in a row is dropped. Every track has an integer i
 it lives. The *subject* followed is, by default, the largest (or most central) face when the
 current subject is lost; it is kept while its track lives, so a second person entering the
 frame does not steal the box. ``face_id`` follows a given track id instead.
+
+Scene cuts end every track: a frame whose coarse colour histograms (16 soft bins per channel,
+every 4th pixel) differ from the previous frame's by more than ``cut_threshold`` (total variation
+distance averaged over the channels, 0..1) is a cut; tracks and subject are dropped there,
+the detector runs on that frame whatever ``redetect_every`` says, and faces after the cut get new
+ids. ``cut_threshold=None`` turns cut detection off.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class TrackerConfig:
     iou_match: float = 0.3      # min IoU between a detection and a track to be the same face
     max_missed: int = 2         # consecutive missed detections before a track is dropped
     face_id: int | None = None  # follow this track id only (None: automatic subject)
+    cut_threshold: float | None = 0.4  # histogram distance that makes a scene cut (None: off)
 
     def __post_init__(self):
         if self.redetect_every < 1:
@@ -36,6 +43,8 @@ class TrackerConfig:
             raise ValueError(f"select must be 'largest' or 'central', got {self.select!r}")
         if self.max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {self.max_missed}")
+        if self.cut_threshold is not None and not 0.0 < self.cut_threshold <= 1.0:
+            raise ValueError(f"cut_threshold must be in (0, 1] or None, got {self.cut_threshold}")
 
 
 @dataclass
@@ -55,6 +64,34 @@ class TrackOutput:
     scores: np.ndarray
     ids: np.ndarray
     detected: np.ndarray = field(default=None)  # [B] bool: the detector ran on this frame
+    cuts: np.ndarray = field(default=None)      # [B] bool: a scene cut starts at this frame
+
+
+HIST_BINS = 16      # per channel, soft (linear) binning: a small change of every pixel value
+HIST_STEP = 4       # moves little mass (a fade does not look like a cut); every 4th pixel
+
+
+def colour_histograms(frames: np.ndarray) -> np.ndarray:
+    """frames [B, H, W, 3] uint8 -> [B, 3 * HIST_BINS]: per channel, a normalised histogram
+    with linear interpolation between neighbouring bins."""
+    b = len(frames)
+    x = np.asarray(frames[:, ::HIST_STEP, ::HIST_STEP], np.float32).reshape(b, -1, 3)
+    pos = np.clip(x * (HIST_BINS / 256.0) - 0.5, 0.0, HIST_BINS - 1.0)   # bin centres at integers
+    lo = np.floor(pos).astype(np.int64)
+    w = pos - lo
+    offs = (np.arange(b)[:, None, None] * 3 + np.arange(3)[None, None, :]) * HIST_BINS
+    size = b * 3 * HIST_BINS
+    h = (np.bincount((lo + offs).ravel(), (1.0 - w).ravel(), size)
+         + np.bincount((np.minimum(lo + 1, HIST_BINS - 1) + offs).ravel(), w.ravel(), size))
+    return h.reshape(b, 3 * HIST_BINS) / max(x.shape[1], 1)
+
+
+def histogram_changes(hists: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """[B] change of each frame's histograms from the frame before, in 0..1: the total variation
+    distance averaged over the channels (0 for the first frame of a video; ``previous`` is the
+    last histogram of the batch before)."""
+    prev = np.concatenate([hists[:1] if previous is None else previous[None], hists[:-1]])
+    return np.abs(hists - prev).sum(1) / 6.0
 
 
 class FaceTracker:
@@ -81,6 +118,7 @@ class FaceTracker:
         self.frame_index = 0
         self._next_id = 0
         self._frame_hw: tuple[int, int] | None = None
+        self._last_hist: np.ndarray | None = None
 
     # -- association --------------------------------------------------------------------
     def _associate(self, dets: np.ndarray) -> None:
@@ -145,12 +183,15 @@ class FaceTracker:
         b = len(frames)
         self._frame_hw = tuple(frames.shape[1:3])
         idx = np.arange(self.frame_index, self.frame_index + b)
-        det_rows = np.nonzero(idx % self.config.redetect_every == 0)[0]
+        cuts = self._cuts(frames)
+        det_rows = np.nonzero((idx % self.config.redetect_every == 0) | cuts)[0]
         dets = self.detector.detect(frames[det_rows]) if len(det_rows) else []
         det_of = dict(zip(det_rows.tolist(), dets))
         out = TrackOutput(np.full((b, 4), np.nan), np.full(b, np.nan),
-                          np.full(b, -1, np.int64), np.zeros(b, bool))
+                          np.full(b, -1, np.int64), np.zeros(b, bool), cuts)
         for i in range(b):
+            if cuts[i]:                 # a new scene: nobody from before is in it
+                self.tracks, self.subject = [], None
             if i in det_of:
                 self._associate(np.asarray(det_of[i], np.float64).reshape(-1, 5))
                 self._choose_subject()
@@ -161,11 +202,20 @@ class FaceTracker:
         self.frame_index += b
         return out
 
+    def _cuts(self, frames: np.ndarray) -> np.ndarray:
+        """[B] bool: frames where a scene cut starts (never the first frame of a video)."""
+        if self.config.cut_threshold is None or not len(frames):
+            return np.zeros(len(frames), bool)
+        hists = colour_histograms(frames)
+        cuts = histogram_changes(hists, self._last_hist) > self.config.cut_threshold
+        self._last_hist = hists[-1]
+        return cuts
+
     def track(self, batches) -> TrackOutput:
         """Run ``update`` over an iterable of frame batches; concatenate the outputs."""
         outs = [self.update(f) for f in batches]
         if not outs:
             return TrackOutput(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64),
-                               np.zeros(0, bool))
+                               np.zeros(0, bool), np.zeros(0, bool))
         return TrackOutput(*(np.concatenate([getattr(o, k) for o in outs])
-                             for k in ("boxes", "scores", "ids", "detected")))
+                             for k in ("boxes", "scores", "ids", "detected", "cuts")))

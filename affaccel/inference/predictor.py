@@ -26,7 +26,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from affaccel.device import resolve_device
-from affaccel.inference.streaming import FeatureFiller, NoFramesError, StreamingTemporal
+from affaccel.inference.streaming import (
+    FeatureFiller,
+    NoFramesError,
+    Segmenter,
+    StreamingTemporal,
+    segment_runs,
+)
 from affaccel.inference.table import TASK_ORDER, PredictionResult, build_table
 
 __all__ = ["AffectPredictor", "VideoFailure", "NoFramesError", "PredictionResult"]
@@ -43,6 +49,7 @@ class _Chunk:
     found: np.ndarray
     feats: Any
     zs: Any = None      # EmoCLIP image embeddings [B, Dz] (only with an emoclip scorer)
+    cuts: Any = None    # [B] bool scene cuts found by the tracker (None: none looked for)
 
 
 class AffectPredictor:
@@ -136,12 +143,21 @@ class AffectPredictor:
 
         return run_windows(self.models, x.to(self.device, torch.float32), mask.to(self.device))
 
-    def _temporal(self, feats: Sequence[Any], weighting: str) -> list[dict]:
-        """Whole-array path: features [T_i, D] per video -> per video, task -> [T_i, K]."""
+    def _temporal(self, feats: Sequence[Sequence[Any]], weighting: str) -> list[dict]:
+        """Whole-array path: per video, its segments' features [T_ij, D] -> per video, task ->
+        [sum_j T_ij, K]. Each segment is windowed as a video of its own (no window spans two
+        segments); the segments' predictions are joined back in frame order."""
         from affaccel.inference.temporal import predict_frames
 
-        return predict_frames(self.models, feats, self.window, self.stride, self.device,
-                              self.window_batch, weighting)
+        flat = [f for segs in feats for f in segs]
+        preds = predict_frames(self.models, flat, self.window, self.stride, self.device,
+                               self.window_batch, weighting)
+        out, i = [], 0
+        for segs in feats:
+            part = preds[i:i + len(segs)]
+            i += len(segs)
+            out.append({t: np.concatenate([p[t] for p in part]) for t in self.models})
+        return out
 
     def decoder(self, video) -> tuple[str, str]:
         """(backend, device) that decodes `video`: DALI (NVDEC) on the predictor's GPU when DALI
@@ -210,8 +226,9 @@ class AffectPredictor:
             b = len(frames)
             if tracker is not None:
                 tr = tracker.update(frames)
-                bx, sc, ids = tr.boxes, tr.scores, tr.ids
+                bx, sc, ids, cuts = tr.boxes, tr.scores, tr.ids, tr.cuts
             else:
+                cuts = None
                 bx = np.full((b, 4), np.nan)
                 have = max(0, min(b, len(user_boxes) - start))
                 bx[:have] = user_boxes[start:start + have]
@@ -233,7 +250,7 @@ class AffectPredictor:
                 zs = chunk_features(self.emoclip, frames, bx, found, f, self.encoder, self.device, self.crop_expand)
             if progress is not None:
                 progress.update(b)
-            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f, zs)
+            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f, zs, cuts)
 
     # -- public ------------------------------------------------------------------------
     def predict_stream(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
@@ -248,44 +265,53 @@ class AffectPredictor:
 
         if self.emoclip is not None:
             raise ValueError("zero-shot (emoclip) columns are not available with stream=True")
-        stream = StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
-                                   weighting=weighting or self.weighting, max_batch=self.window_batch)
-        filler = FeatureFiller()
-        side: list[np.ndarray] = []       # per-frame side columns of not-yet-emitted frames
-        emitted = 0
+        weighting = weighting or self.weighting
+
+        def new_stream():   # one per temporal segment: windows never span two
+            return StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
+                                     weighting=weighting, max_batch=self.window_batch)
+
+        stream, filler, segmenter = new_stream(), FeatureFiller(), Segmenter()
+        side: list[tuple] = []       # per-frame side columns of not-yet-emitted frames
+        base = seen = cur = 0        # first frame of the current segment, frames seen, segment
 
         def emit(first, preds):
-            nonlocal side, emitted
+            nonlocal side
             k = len(next(iter(preds.values()))) if preds else 0
             if k == 0:
                 return None
-            cols = [np.concatenate(c) for c in zip(*side)] if side else None
-            ts, bx, sc, ids, found = (c[:k] for c in cols)
+            cols = [np.concatenate(c) for c in zip(*side)]
+            ts, bx, sc, ids, found, seg = (c[:k] for c in cols)
             side = [tuple(c[k:] for c in cols)]
-            df = build_table(first, ts, bx, sc, ids, found, preds)
-            emitted += k
-            return df
+            return build_table(base + first, ts, bx, sc, ids, found, preds, segments=seg)
+
+        def flush():        # the rest of the current segment
+            out = []
+            if filler.pending:   # no face in the segment: zero features (outputs are NaN)
+                import torch
+
+                dim = self.feature_dim or 1
+                for i in range(0, filler.pending, 4096):   # what push() finalizes is emitted too
+                    out.append(emit(*stream.push(torch.zeros((min(4096, filler.pending - i), dim)))))
+            out.append(emit(*stream.finish()))
+            return [df for df in out if df is not None]
 
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found,
                                     progress):
-            side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found))
-            for block in filler(ch.feats, ch.found):
-                df = emit(*stream.push(block))
-                if df is not None:
-                    yield df
-        if stream.n + filler.pending == 0:
+            seg = segmenter(ch.ids, ch.found, ch.cuts)
+            side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found, seg))
+            for lo, hi in segment_runs(seg):
+                if seg[lo] != cur:
+                    yield from flush()
+                    stream, filler, cur, base = new_stream(), FeatureFiller(), int(seg[lo]), seen + lo
+                for block in filler(ch.feats[lo:hi], ch.found[lo:hi]):
+                    df = emit(*stream.push(block))
+                    if df is not None:
+                        yield df
+            seen += len(seg)
+        if seen == 0:
             raise NoFramesError(f"{_name_of(video)}: no frames decoded")
-        if filler.pending:      # no face anywhere: frames keep zero features (outputs are NaN)
-            import torch
-
-            dim = self.feature_dim or 1
-            for i in range(0, filler.pending, 4096):   # what push() finalizes is emitted too
-                df = emit(*stream.push(torch.zeros((min(4096, filler.pending - i), dim))))
-                if df is not None:
-                    yield df
-        df = emit(*stream.finish())
-        if df is not None:
-            yield df
+        yield from flush()
 
     def predict_video(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
                       weighting: str | None = None, stream: bool = False,
@@ -322,25 +348,32 @@ class AffectPredictor:
                                 decoder=f"{dec[0]} ({dec[1]})" if dec[0] else "")
 
     def _collect(self, video, boxes, crops, features, batch_size, fps, face_found, bar):
-        """All chunks of one input -> (side columns, filled features [T, D])."""
+        """All chunks of one input -> (side columns incl. segment numbers, filled features
+        [T_j, D] of each temporal segment, in frame order)."""
         import torch
 
-        filler, zs_filler = FeatureFiller(), FeatureFiller()
-        side, blocks, zs_blocks = [], [], []
+        zs_filler, segmenter = FeatureFiller(), Segmenter()
+        side, raw, zs_blocks = [], [], []
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found, bar):
-            side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found))
-            blocks += filler(ch.feats, ch.found)
+            side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found,
+                         segmenter(ch.ids, ch.found, ch.cuts)))
+            raw.append(ch.feats)
             if ch.zs is not None:
                 zs_blocks += zs_filler(ch.zs, ch.found)
         if not side:
             raise NoFramesError(f"{_name_of(video)}: no frames decoded")
         cols = [np.concatenate(c) for c in zip(*side)]
-        if filler.pending:
-            blocks.append(torch.zeros((filler.pending, self.feature_dim or 1)))
+        feats, found, segs = torch.cat(raw), cols[4], []
+        for lo, hi in segment_runs(cols[5]):
+            filler = FeatureFiller()          # fill within the segment only
+            blocks = filler(feats[lo:hi], found[lo:hi])
+            if filler.pending:
+                blocks.append(torch.zeros((filler.pending, self.feature_dim or 1)))
+            segs.append(torch.cat(blocks))
         if zs_filler.pending:
             zs_blocks.append(torch.zeros((zs_filler.pending, self.emoclip.model.embed_dim)))
         self._zs_feats = torch.cat(zs_blocks) if zs_blocks else None
-        return cols, torch.cat(blocks)
+        return cols, segs
 
     def _with_zs(self, table, zs_feats, video):
         """The table with the EmoCLIP ``zs_<label>`` columns appended (when configured)."""
@@ -354,7 +387,7 @@ class AffectPredictor:
                        face_found, bar):
         cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar)
         preds = self._temporal([feats], weighting or self.weighting)[0] if self.models else {}
-        return self._with_zs(build_table(0, *cols, preds), self._zs_feats, video)
+        return self._with_zs(build_table(0, *cols[:5], preds, segments=cols[5]), self._zs_feats, video)
 
     def predict_videos(self, videos: Sequence, boxes: Sequence | None = None,
                        batch_size: int = 64, weighting: str | None = None,
@@ -394,7 +427,8 @@ class AffectPredictor:
             share = (time.perf_counter() - t0) / len(ok)
             for d, p in zip(ok, preds):
                 v, cols, _, secs, zs = d
-                results[id(d)] = PredictionResult(self._with_zs(build_table(0, *cols, p), zs, v),
+                table = build_table(0, *cols[:5], p, segments=cols[5])
+                results[id(d)] = PredictionResult(self._with_zs(table, zs, v),
                                                   _name_of(v), self.tasks, secs + share)
         return [d if isinstance(d, VideoFailure) else results[id(d)] for d in done]
 

@@ -59,6 +59,39 @@ class FeatureFiller:
         return out
 
 
+class Segmenter:
+    """Per-frame temporal segment numbers (0, 1, ...). A new segment starts at a scene cut and
+    where the followed face's track id changes from one frame to the next (the subject switched
+    to another person with no frame between). A face lost and found again after frames without
+    a face, with no cut between, stays in the segment (most often the same person after an
+    occlusion; single-face videos keep one segment). Call on consecutive chunks of one video."""
+
+    def __init__(self):
+        self.seg = 0
+        self.last = None        # track id of the frame before (None: no face there)
+        self.count = 0          # frames in the current segment so far
+
+    def __call__(self, ids, found, cuts=None) -> np.ndarray:
+        ids, found = np.asarray(ids, np.int64), np.asarray(found, bool)
+        out = np.empty(len(found), np.int64)
+        for i in range(len(found)):
+            cut = cuts is not None and bool(cuts[i])
+            if (cut or (found[i] and self.last is not None and ids[i] != self.last)) and self.count:
+                self.seg, self.count = self.seg + 1, 0
+            self.last = int(ids[i]) if found[i] else None
+            out[i] = self.seg
+            self.count += 1
+        return out
+
+
+def segment_runs(seg: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop)] of the runs of equal values in ``seg`` (in order)."""
+    if not len(seg):
+        return []
+    bounds = [0, *(np.flatnonzero(np.diff(seg)) + 1).tolist(), len(seg)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class StreamingTemporal:
     """Windows and overlap averaging as features arrive, with bounded memory.
 

@@ -2,6 +2,8 @@
 
 Columns: ``frame`` (int64, 0-based decoded frame index), ``timestamp_s`` (float64, decoder's
 presentation time), ``face_found`` (bool), ``face_id`` (int64 track id, -1 without a face),
+``segment`` (int64 temporal segment: 0, 1, ... a new one at each scene cut or subject change;
+no window spans two; -1 without a face),
 ``face_x, face_y, face_w, face_h, face_score`` (float32, NaN without a face), then per task
 predicted: ``valence, arousal``; ``Neutral ... Other`` (probabilities) and ``expr_label`` (str);
 ``AU1 ... AU26`` (probabilities) and ``AU1_active ... AU26_active`` (float32 1.0/0.0 at
@@ -38,16 +40,17 @@ def prediction_columns(tasks: Sequence[str]) -> list[str]:
 
 
 def schema_columns(tasks: Sequence[str]) -> list[str]:
-    return ["frame", "timestamp_s", "face_found", "face_id", *BOX_COLUMNS, "face_score",
+    return ["frame", "timestamp_s", "face_found", "face_id", "segment", *BOX_COLUMNS, "face_score",
             *prediction_columns(tasks)]
 
 
-def build_table(first_frame: int, timestamps, boxes, scores, ids, found, preds: dict):
+def build_table(first_frame: int, timestamps, boxes, scores, ids, found, preds: dict,
+                segments=None):
     """One DataFrame chunk in the frozen schema.
 
     timestamps: [n] float64; boxes: [n, 4]; scores: [n]; ids: [n] int; found: [n] bool;
     preds: task -> [n, K] float (VA values, EXPR / AU probabilities; rows of frames without a
-    face are overwritten with NaN here).
+    face are overwritten with NaN here); segments: [n] int temporal segment (default 0).
     """
     import pandas as pd
 
@@ -58,6 +61,7 @@ def build_table(first_frame: int, timestamps, boxes, scores, ids, found, preds: 
         "timestamp_s": np.asarray(timestamps, np.float64),
         "face_found": found,
         "face_id": np.where(found, np.asarray(ids, np.int64), -1),
+        "segment": np.where(found, 0 if segments is None else np.asarray(segments, np.int64), -1),
     }
     boxes = np.asarray(boxes, np.float32).reshape(n, 4).copy()
     boxes[~found] = np.nan
