@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from affaccel.inference.writers import FORMATS, MANIFEST_NAME, output_names, write_manifest
+from affaccel.inference.writers import FORMATS, MANIFEST_NAME, output_names
 
 
 def resolve_boxes(videos: Sequence[str], boxes: Sequence[str] | None) -> list:
@@ -107,6 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from affaccel import distributed
+    from affaccel.device import resolve_device
+    # under torchrun each rank predicts its share of the videos (affaccel.inference.sharding)
+    info = distributed.init_from_env(resolve_device(args.device).type)
+    try:
+        return _run(args, info)
+    finally:
+        distributed.cleanup()
+
+
+def _run(args, info) -> int:
     try:
         boxes = resolve_boxes(args.videos, args.boxes)
         from affaccel.inference.predictor import AffectPredictor
@@ -121,19 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from tqdm.auto import tqdm
+    from affaccel.inference.sharding import run_inputs
 
-    out = Path(args.out)
-    entries: list[dict] = []
-    t_all = time.perf_counter()
-    videos_bar = tqdm(total=len(args.videos), desc="videos", unit="video",
-                      disable=args.no_progress or len(args.videos) < 2)
-    for video, name, bx in zip(args.videos, output_names(args.videos), boxes):
-        entries.append(_predict_one(predictor, args, video, name, bx, out))
-        write_manifest(out, entries)   # after every video: a crash leaves it current
-        videos_bar.update()
-    videos_bar.close()
-    _summary(entries, time.perf_counter() - t_all, out)
+    out, names, t_all = Path(args.out), output_names(args.videos), time.perf_counter()  # names: before sharding
+    entries = run_inputs(args.videos, lambda i: _predict_one(predictor, args, args.videos[i], names[i], boxes[i], out),
+                         out, info, progress=not args.no_progress)
+    if info.is_main:
+        _summary(entries, time.perf_counter() - t_all, out)
     return 0 if all(e["status"] != "failed" for e in entries) else 1
 
 

@@ -115,3 +115,49 @@ def test_extract_two_process_gloo_matches_one_process(tmp_path):
     again = _torchrun(tmp_path / "two.py", env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"extracted 0 videos (0 frames), skipped {len(everything)} already cached" in again.stderr
+
+
+def test_predict_two_process_gloo_matches_one_process(tmp_path):
+    """Same names (a/x and b/x collide), same tables, one manifest in input order, exit 1 for the
+    unreadable input whichever rank had it."""
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from predict_support import face_frames, make_bundle, write_video
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    vids = [write_video(tmp_path / "a" / "x.mp4", face_frames(12)),
+            write_video(tmp_path / "b" / "x.mp4", face_frames(20)),
+            write_video(tmp_path / "y.mp4", face_frames(16))]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    vids.append(bad)
+    bundle = make_bundle(tmp_path / "bundle.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    args = [*map(str, vids), "--bundle", str(bundle), "--no-progress", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "affaccel.predict", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert one.returncode == 1, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                          "-m", "affaccel.predict", *args, "--out", str(tmp_path / "two"), "--verbose"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert two.returncode != 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "3 of 4 videos done" in two.stdout and two.stdout.count("videos done") == 1   # rank 0 reports
+    # every video ran once, on one rank (both ranks predicting everything would print these twice)
+    assert two.stdout.count(": decoded with ") == 3 and two.stderr.count(f"FAILED {bad}") == 1, two.stdout
+    m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())["inputs"]
+    m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())["inputs"]
+    assert not list((tmp_path / "two").glob("manifest.part-*"))
+    assert [e["input"] for e in m2] == [str(v) for v in vids]
+
+    def comparable(e):
+        return {**{k: v for k, v in e.items() if k != "seconds"}, "outputs": [Path(o).name for o in e["outputs"]]}
+
+    assert [comparable(e) for e in m1] == [comparable(e) for e in m2]
+    assert [e["status"] for e in m2] == ["ok", "ok", "ok", "failed"]
+    names = sorted(p.name for p in (tmp_path / "two").glob("*.csv"))
+    assert names == sorted(p.name for p in (tmp_path / "one").glob("*.csv")) == ["x.csv", "x_1.csv", "y.csv"]
+    for n in names:
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / n), pd.read_csv(tmp_path / "two" / n))

@@ -92,9 +92,10 @@ def output_names(videos: Sequence[str], taken: Sequence[str] = ()) -> list[str]:
 MANIFEST_NAME = "manifest.json"
 
 
-def write_manifest(out_dir, entries: list[dict]) -> Path:
+def write_manifest(out_dir, entries: list[dict], name: str = MANIFEST_NAME) -> Path:
     """``<out>/manifest.json``: one entry per input (input, status ok / no_face / failed,
-    outputs written, frames, faces, warnings, reason), written atomically."""
-    path = Path(out_dir) / MANIFEST_NAME
+    outputs written, frames, faces, warnings, reason), written atomically. ``name``: another file
+    name (a rank's part under torchrun)."""
+    path = Path(out_dir) / name
     io_utils.atomic_write_json(path, {"format": "affaccel-predict-manifest/1", "inputs": entries})
     return path
