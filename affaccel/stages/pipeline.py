@@ -66,11 +66,17 @@ def load_dataset(job: JobSpec):
     return root, load_affwild2(root, tasks=job_tasks(job), splits=("train", "val"))
 
 
-def stage1_records(dataset, val_records) -> list:
-    """The records stage 1 sees, with their roles: it validates on the evaluated task's validation
-    videos and never trains on them; every other video of the dataset may train it (a video in
-    another challenge's validation split is not validation data of this run)."""
+def stage1_records(dataset, val_records, task: str | None) -> list:
+    """The records stage 1 sees, with their roles. It never trains on a video of this run's
+    validation set (``val_records``) and, on the official split (``task`` given), nor on a video
+    in another task's validation split; it validates on those videos. Every other video may
+    train it. Holding out every task's validation videos lets one fine-tuned encoder serve the
+    runs of all three tasks (the same cache key) without any of them having trained on its own
+    validation videos. A fold (``task=None``) re-splits the videos, and its own validation
+    videos are the ones held out."""
     val_ids = {r.video_id for r in val_records}
+    if task is not None:
+        val_ids |= {r.video_id for r in dataset.videos if any(s == "val" for t, s in r.splits.items() if t != task)}
     return [dataclasses.replace(r, split="val" if r.video_id in val_ids else "train")
             for r in dataset.videos if r.split != "test"]
 
@@ -154,9 +160,10 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
         root, dataset = load_dataset(job)
     timings["data_s"] = time.perf_counter() - t0
     preset = resolve_preset(job)
-    if train_records is None:   # the evaluated task's own split
+    official = train_records is None
+    if official:   # the evaluated task's own split
         train_records, val_records = dataset.by_split("train", job.task), dataset.by_split("val", job.task)
-    records = stage1_records(dataset, val_records)
+    records = stage1_records(dataset, val_records, job.task if official else None)
     t0 = time.perf_counter()
     encoder = encoder_stage(records, preset, job.finetune, job.pretrained, job.progress, tag)
     timings["finetune_s"] = time.perf_counter() - t0

@@ -23,20 +23,26 @@ def abaw(tmp_path_factory):
     mp.undo()
 
 
-def test_stage1_never_trains_on_the_evaluated_tasks_validation_videos(abaw):
+def test_stage1_never_trains_on_a_validation_video(abaw):
     from affaccel.stages.pipeline import stage1_records
 
     _, root, plan = abaw
     data = load_affwild2(root)
+    any_val = {r.video_id for r in data.videos if "val" in r.splits.values()}
+    roles = {}
     for task in ("va", "expr", "au"):
-        val = data.by_split("val", task)
-        roles = {r.video_id: r.split for r in stage1_records(data, val)}
-        assert {v for v, role in roles.items() if role == "val"} == {r.video_id for r in val}
-    # a video in EXPR's validation split only: validation data of an EXPR run, training data of a VA run
-    va_roles = {r.video_id: r.split for r in stage1_records(data, data.by_split("val", "va"))}
-    expr_roles = {r.video_id: r.split for r in stage1_records(data, data.by_split("val", "expr"))}
-    assert va_roles[plan["expr_val"]] == "train" and expr_roles[plan["expr_val"]] == "val"
-    assert plan["test"][0] not in va_roles                       # test videos never reach stage 1
+        roles[task] = {r.video_id: r.split for r in stage1_records(data, data.by_split("val", task), task)}
+        # the evaluated task's validation videos and every other task's are held out of training
+        assert {v for v, role in roles[task].items() if role == "val"} == any_val
+    # a video in EXPR's validation split only is held out of stage 1 for a VA run too, so the VA,
+    # EXPR and AU runs share one fine-tuned encoder (same roles, same cache key)
+    assert roles["va"][plan["expr_val"]] == "val" and roles["va"] == roles["expr"] == roles["au"]
+    assert plan["test"][0] not in roles["va"]                   # test videos never reach stage 1
+    # a fold re-splits the videos: its own validation videos are the ones held out
+    train, val = data.folds(3, "va", seed=0)[1]
+    fold = {r.video_id: r.split for r in stage1_records(data, val, None)}
+    assert {v for v, role in fold.items() if role == "val"} == {r.video_id for r in val}
+    assert all(fold[r.video_id] == "train" for r in train)
 
 
 def test_train_on_the_shipped_layout_scores_frames_without_an_image(abaw):
