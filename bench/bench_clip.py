@@ -27,25 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _flops import bf16_matmul_peak_tflops, encoder_gflop, roofline_fraction  # noqa: E402
 from _machine import wall_clock  # noqa: E402
-
-VIT_B16_GFLOP = 35.2       # per 224 px frame, forward (DESIGN.md)
-H100_BF16_TFLOPS = 790.0   # dense bf16 (DESIGN.md, measured on the reference GPU)
-
-
-def _flops_per_frame(encoder) -> float:
-    """Forward GFLOP of one frame: 2 * MACs, counted by torch's FLOP counter."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, encoder.image_size, encoder.image_size)
-    # train mode: in eval, nn.MultiheadAttention takes a fused kernel the counter does not see
-    # (ViT-B/16 would count 22.5 instead of 35.1 GFLOP); dropout is 0, so the math is the same
-    enc = encoder.to("cpu").train()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        enc(x)
-    enc.eval()
-    return fc.get_total_flops() / 1e9
 
 
 def bench_model(name: str, records, n_frames: int, batch: int, device: str, repeats: int) -> list[dict]:
@@ -57,7 +40,7 @@ def bench_model(name: str, records, n_frames: int, batch: int, device: str, repe
     from affaccel.stages.features import FeatureCache, extract_features
 
     enc = build_encoder(ClipConfig(model_name=name)).eval()
-    gflop = _flops_per_frame(enc)
+    gflop = encoder_gflop(enc)
     enc = enc.to(device)
     rows = []
     x = torch.randn(batch, 3, enc.image_size, enc.image_size, device=device)
@@ -75,7 +58,9 @@ def bench_model(name: str, records, n_frames: int, batch: int, device: str, repe
     row = {"model": name, "row": "encoder", "size": enc.image_size, "frames_per_s": fps,
            "gflop_per_frame": gflop}
     if device.startswith("cuda"):
-        row["roofline_fraction"] = fps * gflop / (H100_BF16_TFLOPS * 1e3)
+        peak = bf16_matmul_peak_tflops(device)
+        row["bf16_matmul_peak_tflops"] = peak
+        row["roofline_fraction"] = roofline_fraction(fps, gflop, peak)
     rows.append(row)
 
     # End to end on the first n_frames frames of the synthetic set (cut into short "videos"),

@@ -51,18 +51,17 @@ for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from _flops import VIT_B16_GFLOP, bf16_matmul_peak_tflops, encoder_gflop, roofline_fraction  # noqa: E402
 from _machine import (  # noqa: E402
     StageClock,
     Stopwatch,
     cpu_model,
     git_commit,
-    gpu_median_ms,
     median,
     rotated,
 )
 
 STAGES = ("decode", "faces", "encoder", "temporal", "averaging")
-VIT_B16_GFLOP = 35.2          # DESIGN.md: ViT-B/16 at 224 px, forward, per frame
 CSV_FIELDS = ["date", "commit", "machine", "device", "cores", "torch_threads", "torch", "triton",
               "dali", "av",
               "model", "image_size", "faces", "videos", "frames", "repeats", "optimized_fps",
@@ -363,30 +362,6 @@ def versions() -> dict:
     return out
 
 
-def encoder_gflop(encoder) -> float:
-    """Forward GFLOP of one frame (2 x multiply-adds), counted by torch's FLOP counter."""
-    import copy
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    enc = copy.deepcopy(encoder).to("cpu").float().eval()
-    x = torch.zeros(1, 3, enc.image_size, enc.image_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        enc(x)
-    return fc.get_total_flops() / 1e9
-
-
-def bf16_matmul_peak_tflops(device, n: int = 8192) -> float:
-    """Measured peak of a large bf16 matrix product on this GPU (TFLOP/s)."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    ms = gpu_median_ms(lambda: a @ b, untimed_calls=3)
-    return 2 * n ** 3 / (ms / 1e3) / 1e12
-
-
 # --------------------------------------------------------------------------------------------
 # main
 
@@ -611,7 +586,7 @@ def roofline(su: Setup, stages: dict, gflop: float) -> dict | None:
     enc_fps = stages["optimized"]["encoder"]["fps"]
     return {"gflop_per_frame": gflop, "vit_b16_reference_gflop": VIT_B16_GFLOP,
             "bf16_matmul_peak_tflops": peak, "encoder_fps": enc_fps,
-            "fraction": enc_fps * gflop / (peak * 1e3)}
+            "fraction": roofline_fraction(enc_fps, gflop, peak)}
 
 
 def build_report(su: Setup, m: dict) -> dict:
