@@ -110,7 +110,8 @@ LAYERS = [
               "affaccel.ops", "affaccel.nn", "affaccel.kernels", "affaccel.data", "affaccel.video",
               "affaccel.faces", "affaccel.bundle", "affaccel.emoclip"}),
     ("inference", {"affaccel.inference"}),
-    ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate"}),
+    ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate",
+                "affaccel.emoclip.datasets"}),
     ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.emoclip.train",
                     "affaccel.emoclip.zeroshot", "affaccel.emoclip.embed"}),
 ]

@@ -29,6 +29,7 @@ class ClipItem:
     end: int
     expression: str
     facts: ClipFacts
+    caption: str | None = None   # a data set's own sample-level caption (MAFW); None: generated
 
     @property
     def n_frames(self) -> int:
@@ -61,9 +62,10 @@ def clip_frames(item: ClipItem, length: int, step: int, rng: np.random.Generator
 
 
 def captions_for(items: Sequence[ClipItem], seed: int, name_share: float = 0.4) -> list[str]:
-    """One caption per clip, reproducible from ``seed`` (validation captions)."""
+    """One caption per clip, reproducible from ``seed`` (validation captions): the clip's own
+    caption where the data set has one, else one generated from its facts."""
     rng = np.random.default_rng([seed, 0xCA9])
-    return [make_caption(it.facts, rng, name_share) for it in items]
+    return [it.caption if it.caption else make_caption(it.facts, rng, name_share) for it in items]
 
 
 def load_cached_features(records: Sequence, encoder, cache_root: str | Path | None = None,

@@ -138,33 +138,44 @@ __all__ = ["clip_embeddings", "text_embeddings", "class_embeddings", "zero_shot_
            "classification_report", "caption_retrieval", "write_embeddings", "plot_confusion"]
 
 
-def _checkpoint_data(checkpoint, data_root, split, cache_root, model_name=None, heads=None, progress=True):
-    """(model, extra, items, features, records) of a checkpoint over a data set's clips."""
-    from affaccel.data.affwild2 import load_affwild2
-    from affaccel.emoclip.captions import synthetic_extras
+def _checkpoint_data(checkpoint, data_root, split, cache_root, model_name=None, heads=None, progress=True,
+                     clips=None):
+    """(model, extra, items, features, records) of a checkpoint over a data set's clips (an
+    Aff-Wild2-format set, or ``clips``: a ``datasets.ClipSet``; its "val" split is the test list)."""
     from affaccel.emoclip.data import load_cached_features, segment_clips
     from affaccel.emoclip.model import load_emoclip
 
     model, extra = load_emoclip(checkpoint, model_name=model_name, heads=heads, return_extra=True)
-    if data_root is None:
-        from affaccel.data.synthetic import ensure_synthetic
-
-        data_root = ensure_synthetic("default", progress=progress)
     splits = ("train", "val") if split == "all" else (split,)
-    ds = load_affwild2(data_root, splits=splits)
-    tc = extra.get("train_config", {})
-    items = segment_clips(ds.videos, tc.get("min_segment", 16), synthetic_extras(data_root))
-    features = load_cached_features(ds.videos, model.image_encoder(), cache_root, progress)
-    return model, extra, items, features, {r.video_id: r for r in ds.videos}
+    if clips is not None:
+        items = [it for s in splits for it in clips.items.get(s, [])]
+        keep = {it.video_id for it in items}
+        videos = [r for r in clips.records if r.video_id in keep]
+    else:
+        from affaccel.data.affwild2 import load_affwild2
+        from affaccel.emoclip.captions import synthetic_extras
+
+        if data_root is None:
+            from affaccel.data.synthetic import ensure_synthetic
+
+            data_root = ensure_synthetic("default", progress=progress)
+        videos = load_affwild2(data_root, splits=splits).videos
+        tc = extra.get("train_config", {})
+        items = segment_clips(videos, tc.get("min_segment", 16), synthetic_extras(data_root))
+    features = load_cached_features(videos, model.image_encoder(), cache_root, progress)
+    return model, extra, items, features, {r.video_id: r for r in videos}
 
 
 def evaluate_checkpoint(checkpoint, labels=None, data_root=None, split="val", cache_root=None,
-                        classes=None, model_name=None, heads=None, progress=True) -> dict:
-    """Zero-shot report of a checkpoint on a data set's clips (``classes``: only those clips)."""
+                        classes=None, model_name=None, heads=None, progress=True, clips=None) -> dict:
+    """Zero-shot report of a checkpoint on a data set's clips (``classes``: only those clips;
+    ``clips``: a ``datasets.ClipSet``, whose own label set is the default)."""
     from affaccel.emoclip.descriptions import load_label_set
 
     model, extra, items, features, _ = _checkpoint_data(checkpoint, data_root, split, cache_root,
-                                                        model_name, heads, progress)
+                                                        model_name, heads, progress, clips)
+    if labels is None and clips is not None:
+        labels = clips.labels
     if labels is None:
         labels = LabelSet.from_dict(extra["labels"]) if "labels" in extra else "affaccel"
     labels = load_label_set(labels)
@@ -179,10 +190,10 @@ def evaluate_checkpoint(checkpoint, labels=None, data_root=None, split="val", ca
 
 
 def embed_checkpoint(checkpoint, out, data_root=None, split="all", cache_root=None, model_name=None,
-                     heads=None, progress=True):
+                     heads=None, progress=True, clips=None):
     """Write the clip embeddings of a data set's clips; returns (path, number of clips)."""
     model, extra, items, features, _ = _checkpoint_data(checkpoint, data_root, split, cache_root,
-                                                        model_name, heads, progress)
+                                                        model_name, heads, progress, clips)
     tc = extra.get("train_config", {})
     emb = clip_embeddings(model, items, features, tc.get("clip_len", 32), tc.get("frame_step", 2))
     return write_embeddings(out, items, emb.numpy()), len(items)

@@ -143,7 +143,7 @@ def train_epochs(model, cfg: EmoClipTrainConfig, items: Sequence[ClipItem], labe
 def _caption(item: ClipItem, rng) -> str:
     from affaccel.emoclip.captions import make_caption
 
-    return make_caption(item.facts, rng)
+    return item.caption if item.caption else make_caption(item.facts, rng)
 
 
 def _pick(options: Sequence[str], rng) -> str:
@@ -153,31 +153,30 @@ def _pick(options: Sequence[str], rng) -> str:
 def validate(model, cfg: EmoClipTrainConfig, val: dict, features, records=None) -> dict:
     """Validation caption retrieval and zero-shot scores (model left in eval mode)."""
     model.eval()
-    ret = caption_retrieval(model, val["items"], features, val["captions"], cfg.clip_len, cfg.frame_step, records)
     zs = zero_shot(model, val["items"], features, val["labels"], cfg.clip_len, cfg.frame_step, records)
-    return {"val_r1": ret["r1"], "val_r1_chance": ret["chance_r1"], "val_war": zs["war"], "val_uar": zs["uar"]}
+    out = {"val_war": zs["war"], "val_uar": zs["uar"]}
+    if val["captions"] is not None:
+        ret = caption_retrieval(model, val["items"], features, val["captions"], cfg.clip_len, cfg.frame_step, records)
+        out.update(val_r1=ret["r1"], val_r1_chance=ret["chance_r1"])
+    return out
 
 
 # -- the whole run -------------------------------------------------------------------------------
-def prepare(cfg: EmoClipTrainConfig, data_root=None, cache_root=None, progress: bool = True):
-    """(model, labels, {split: items}, features or None, {video_id: record}) for a training run."""
+def prepare(cfg: EmoClipTrainConfig, data_root=None, cache_root=None, progress: bool = True, clips=None):
+    """(model, labels, {split: items}, features or None, {video_id: record}) for a training run.
+    ``clips``: a ``datasets.ClipSet`` (MAFW / DFEW / FERV39k / AFEW) instead of an Aff-Wild2-format set."""
     import torch
 
-    from affaccel.data.affwild2 import load_affwild2
     from affaccel.device import resolve_device
-    from affaccel.emoclip.captions import synthetic_extras
     from affaccel.emoclip.model import build_emoclip
 
-    if data_root is None:
-        from affaccel.data.synthetic import ensure_synthetic
-
-        data_root = ensure_synthetic("default", progress=progress)
-    ds = load_affwild2(data_root, splits=("train", "val"))
-    records = {r.video_id: r for r in ds.videos}
-    extras = synthetic_extras(data_root)
-    items = {s: segment_clips([r for r in ds.videos if r.split == s], cfg.min_segment, extras)
-             for s in ("train", "val")}
-    labels = load_label_set(cfg.labels)
+    if clips is not None:
+        records = {r.video_id: r for r in clips.records}
+        items = {s: list(clips.items.get(s, [])) for s in ("train", "val")}
+        labels = clips.labels if cfg.labels == clips.name else load_label_set(cfg.labels)
+    else:
+        records, items = _affwild2_clips(cfg, data_root, progress)
+        labels = load_label_set(cfg.labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_emoclip(replace(cfg.model, init_seed=cfg.seed))
@@ -190,22 +189,55 @@ def prepare(cfg: EmoClipTrainConfig, data_root=None, cache_root=None, progress: 
     return model, labels, items, features, records
 
 
+def _affwild2_clips(cfg: EmoClipTrainConfig, data_root, progress: bool):
+    from affaccel.data.affwild2 import load_affwild2
+    from affaccel.emoclip.captions import synthetic_extras
+
+    if data_root is None:
+        from affaccel.data.synthetic import ensure_synthetic
+
+        data_root = ensure_synthetic("default", progress=progress)
+    ds = load_affwild2(data_root, splits=("train", "val"))
+    extras = synthetic_extras(data_root)
+    items = {s: segment_clips([r for r in ds.videos if r.split == s], cfg.min_segment, extras)
+             for s in ("train", "val")}
+    return {r.video_id: r for r in ds.videos}, items
+
+
+def check_supervision(cfg: EmoClipTrainConfig, train_items: Sequence[ClipItem], labels: LabelSet, clips=None):
+    """Fail before any training when the clips cannot give the texts ``cfg.supervision`` needs."""
+    if clips is not None and cfg.supervision == "sample":
+        bare = [it for it in train_items if not it.caption]
+        if bare:
+            raise ValueError(f"{clips.lists.get('train')}: {len(bare)} of {len(train_items)} training clips have "
+                             f"no caption (e.g. {bare[0].video_id}); sample-level training needs captions "
+                             "(MAFW's with_caption lists); use --supervision class")
+    if cfg.supervision == "class":
+        bare = sorted({it.expression for it in train_items if not labels.descriptions[labels.index(it.expression)]})
+        if bare:
+            raise ValueError(f"{labels.source}: classes {bare} have no description of their own (compounds); "
+                             "class-level training needs one per class; use --supervision sample")
+
+
 def run_training(cfg: EmoClipTrainConfig, out_dir: str | Path, data_root=None, cache_root=None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, clips=None) -> dict:
     """Prepare data, train, evaluate on the validation clips; writes the run folder. Returns
-    the final metrics (also in ``metrics.json``)."""
+    the final metrics (also in ``metrics.json``). ``clips``: a ``datasets.ClipSet`` to train on."""
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", to_dict(cfg))
-    model, labels, items, features, records = prepare(cfg, data_root, cache_root, progress)
+    model, labels, items, features, records = prepare(cfg, data_root, cache_root, progress, clips)
     unknown = sorted(set(cfg.exclude_classes) - set(labels.names))
     if unknown:
         raise ValueError(f"exclude_classes {unknown} are not classes of the label set {labels.source} "
                          f"({labels.names})")
     train_items = [it for it in items["train"] if it.expression not in cfg.exclude_classes
                    and it.expression in labels.names]
-    val = {"items": items["val"], "captions": captions_for(items["val"], cfg.caption_seed), "labels": labels}
+    check_supervision(cfg, train_items, labels, clips)
+    own = clips is None or all(it.caption for it in items["val"])   # no generated captions for a real set
+    val = {"items": items["val"], "captions": captions_for(items["val"], cfg.caption_seed) if own else None,
+           "labels": labels}
     t0 = time.perf_counter()
     history = train_epochs(model, cfg, train_items, labels, features, records, val, out, progress)
     metrics = final_metrics(model, cfg, items["val"], val["captions"], labels, features, records)
@@ -224,10 +256,12 @@ def run_training(cfg: EmoClipTrainConfig, out_dir: str | Path, data_root=None, c
 
 def final_metrics(model, cfg, val_items, captions, labels: LabelSet, features, records=None) -> dict:
     model.eval()
-    ret = caption_retrieval(model, val_items, features, captions, cfg.clip_len, cfg.frame_step, records)
     zs = zero_shot(model, val_items, features, labels, cfg.clip_len, cfg.frame_step, records)
     zs.pop("probs")
-    out = {"retrieval": ret, "zero_shot": zs}
+    out = {"zero_shot": zs}
+    if captions is not None:
+        out["retrieval"] = caption_retrieval(model, val_items, features, captions, cfg.clip_len, cfg.frame_step,
+                                             records)
     for name in cfg.exclude_classes:
         out.setdefault("held_out", {})[name] = {
             "recall": zs["per_class_recall"][name], "chance": 1.0 / len(labels),
@@ -235,4 +269,4 @@ def final_metrics(model, cfg, val_items, captions, labels: LabelSet, features, r
     return out
 
 
-__all__ = ["train_epochs", "validate", "prepare", "run_training", "final_metrics"]
+__all__ = ["train_epochs", "validate", "prepare", "check_supervision", "run_training", "final_metrics"]

@@ -3,6 +3,7 @@ built-in synthetic set with generated sample-level captions).
 
     python -m affaccel.emoclip.train --out runs/emoclip [--preset cpu|paper] [--supervision sample|class]
         [--visual-checkpoint stage1/best.pt] [--exclude Surprise] [--epochs N] [--seed S]
+        [--dataset mafw|dfew|ferv39k|afew --data-root R [--fold K] [--mafw-labels single|compound]]
 
 Writes ``<out>/last.pt`` (loads with ``affaccel.emoclip.model.load_emoclip``), ``config.json``,
 ``history.json`` and ``metrics.json`` (validation caption -> clip R@1, zero-shot WAR/UAR, and the
@@ -15,11 +16,15 @@ import json
 import logging
 import sys
 
+from affaccel.emoclip.datasets import add_dataset_arguments, clips_from_args
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m affaccel.emoclip.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
+    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set), or the "
+                   "--dataset's root")
+    add_dataset_arguments(p)
     p.add_argument("--preset", default="auto", choices=("auto", "paper", "cpu", "tiny"),
                    help="auto: paper with a GPU, cpu otherwise")
     p.add_argument("--supervision", choices=("sample", "class"), help="captions or class descriptions")
@@ -55,12 +60,14 @@ def main(argv=None) -> int:
                                ("clip_checkpoint", args.clip_checkpoint),
                                ("visual_checkpoint", args.visual_checkpoint)) if v is not None}
     try:
-        cfg = emoclip_config(preset, model=model or None, supervision=args.supervision, labels=args.labels,
+        clips = clips_from_args(args)
+        labels = args.labels or (clips.name if clips is not None else None)   # the set's own classes
+        cfg = emoclip_config(preset, model=model or None, supervision=args.supervision, labels=labels,
                              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device=args.device, exclude_classes=tuple(args.exclude) or None,
                              freeze_visual=False if args.train_visual else None,
                              freeze_text=False if args.train_text else None)
-        metrics = run_training(cfg, args.out, args.data_root, args.cache, progress=not args.no_progress)
+        metrics = run_training(cfg, args.out, args.data_root, args.cache, progress=not args.no_progress, clips=clips)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

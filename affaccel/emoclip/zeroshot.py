@@ -2,7 +2,11 @@
 Aff-Wild2-format set (default: the built-in synthetic set) with an EmoCLIP checkpoint.
 
     python -m affaccel.emoclip.zeroshot --checkpoint runs/emoclip/last.pt --out eval/ \
-        [--labels affaccel|affaccel-paraphrase|labels.yaml] [--split val|train|all]
+        [--labels affaccel|affaccel-paraphrase|labels.yaml] [--split val|train|all] \
+        [--dataset mafw|dfew|ferv39k|afew --data-root R [--fold K]]
+
+With ``--dataset`` the default labels are the data set's own classes and ``--split val`` is its
+test list (the fold's, for MAFW / DFEW).
 
 Writes ``<out>/zeroshot.json`` (WAR, UAR, per-class recall, confusion matrix; rows = true class)
 and ``<out>/confusion.png``; prints the JSON. Checkpoints of the EmoCLIP code load too
@@ -15,13 +19,17 @@ import json
 import sys
 from pathlib import Path
 
+from affaccel.emoclip.datasets import add_dataset_arguments, clips_from_args
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m affaccel.emoclip.zeroshot", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="affaccel EmoCLIP checkpoint or EmoCLIP-code .pth")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", help="built-in set or YAML/JSON file (default: the checkpoint's)")
-    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set)")
+    p.add_argument("--data-root", help="Aff-Wild2-layout dataset (default: built-in synthetic set), or the "
+                   "--dataset's root")
+    add_dataset_arguments(p)
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--classes", help="comma list: score only clips of these classes (e.g. the held-out one)")
     p.add_argument("--model", help="open_clip architecture of an EmoCLIP-code checkpoint")
@@ -35,7 +43,8 @@ def main(argv=None) -> int:
     try:
         report = evaluate_checkpoint(a.checkpoint, a.labels, a.data_root, a.split, a.cache,
                                      classes=a.classes.split(",") if a.classes else None,
-                                     model_name=a.model, heads=a.heads, progress=not a.no_progress)
+                                     model_name=a.model, heads=a.heads, progress=not a.no_progress,
+                                     clips=clips_from_args(a))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
