@@ -224,3 +224,40 @@ def test_arguments_and_read_text_lines(tmp_path):
     f.write_bytes(b"\xef\xbb\xbfa\tb\n\n c\n")
     lines, enc = read_text_lines(f)
     assert enc == "utf-8-sig" and [(n, t) for n, _, t in lines] == [(1, "a\tb"), (3, " c")]
+
+
+@pytest.mark.slow
+def test_commands_on_mafw_and_dfew_trees(tmp_path, capsys):
+    """train --dataset mafw (sample-level, its GBK captions) -> zeroshot --dataset dfew (its own 7
+    classes); class-level training on DFEW; sample-level training on DFEW (no captions) refused."""
+    import json
+
+    from affaccel.emoclip import train, zeroshot
+
+    rows = {"train": [(f"{i:05d}.mp4", c) for i, c in enumerate(["sadness", "anger", "fear", "happiness"] * 2, 1)],
+            "test": [("00020.mp4", "contempt"), ("00021.mp4", "anger")]}
+    _mafw(tmp_path / "mafw", rows=rows)
+    _dfew(tmp_path / "dfew")
+    cache = str(tmp_path / "cache")
+    common = ["--preset", "tiny", "--cache", cache, "--no-progress", "--batch-size", "4"]
+    run = tmp_path / "run"
+    assert train.main(["--out", str(run), "--dataset", "mafw", "--data-root", str(tmp_path / "mafw"), "--fold", "1",
+                       *common]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train_clips"] == 8 and metrics["val_clips"] == 2
+    assert metrics["retrieval"]["n_clips"] == 2                     # MAFW's own test captions
+    assert metrics["zero_shot"]["classes"][7] == "contempt" and len(metrics["zero_shot"]["classes"]) == 11
+    assert zeroshot.main(["--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "zs"), "--dataset", "dfew",
+                          "--data-root", str(tmp_path / "dfew"), "--fold", "1", "--split", "all", "--cache", cache,
+                          "--no-progress"]) == 0
+    rep = json.loads((tmp_path / "zs" / "zeroshot.json").read_text())
+    assert rep["classes"] == list(DFEW_CLASSES) and rep["n_clips"] == 3 and rep["labels"] == "dfew"
+    run2 = tmp_path / "run2"
+    assert train.main(["--out", str(run2), "--dataset", "dfew", "--data-root", str(tmp_path / "dfew"), "--fold", "1",
+                       "--supervision", "class", *common]) == 0
+    metrics = json.loads((run2 / "metrics.json").read_text())
+    assert "retrieval" not in metrics and metrics["zero_shot"]["classes"] == list(DFEW_CLASSES)
+    capsys.readouterr()
+    assert train.main(["--out", str(tmp_path / "run3"), "--dataset", "dfew", "--data-root", str(tmp_path / "dfew"),
+                       "--fold", "1", "--supervision", "sample", *common]) == 2
+    assert "set_1.csv: 2 of 2 training clips have no caption" in capsys.readouterr().err
