@@ -4,10 +4,11 @@ One table per video (``<out>/<video>.csv`` or ``.parquet``), or with ``--format 
 challenge's per-video text files ``<out>/{VA,EXPR,AU}/<video>.txt``. ``--plot`` adds
 ``<out>/<video>.png``. Output names are unique within a run (``a/x.mp4`` and ``b/x.mp4`` give
 ``x`` and ``x_1``); ``<out>/manifest.json`` maps every input to its files, status and warnings.
-A video in which no face is found still gets its table (``face_found`` false, predictions NaN)
-and a warning. A video that cannot be read or has no frames is reported (file and reason) and
-the others still run; the exit code is 0 only if every video succeeded (1 otherwise, 2 for bad
-arguments, checked before any video is read).
+``--subjects all`` writes one table per tracked person instead, ``<video>_face<track id>``
+(``affaccel.predict_jobs``). A video in which no face is found still gets its table
+(``face_found`` false, predictions NaN) and a warning. A video that cannot be read or has no
+frames is reported (file and reason) and the others still run; the exit code is 0 only if every
+video succeeded (1 otherwise, 2 for bad arguments, checked before any video is read).
 
 File formats: ``affaccel.inference.writers``; the table's columns: ``affaccel.inference.table``.
 """
@@ -16,11 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
-from affaccel.inference.writers import FORMATS, MANIFEST_NAME, output_names
+from affaccel.inference.writers import FORMATS, output_names
+from affaccel.predict_jobs import predict_one, print_summary
 
 
 def resolve_boxes(videos: Sequence[str], boxes: Sequence[str] | None) -> list:
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the face detector every N frames (the tracker holds boxes between)")
     p.add_argument("--select", default="largest", choices=("largest", "central"),
                    help="which face to follow when several are visible")
+    p.add_argument("--subjects", default="main", choices=("main", "all"),
+                   help="main: one table per video, following one person; all: one table per tracked "
+                        "person, <video>_face<id> (a track ends at a scene cut or when the face is lost)")
+    p.add_argument("--min-track-frames", type=int, default=1,
+                   help="with --subjects all: tracks shorter than this are not predicted (listed in the manifest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true",
                    help="print per video how it was decoded (DALI/NVDEC on GPU or PyAV on CPU)")
@@ -84,6 +90,10 @@ def check_args(args) -> str | None:
     try:
         c.at_least("--batch-size", args.batch_size, 1)
         c.at_least("--redetect-every", args.redetect_every, 1)
+        c.at_least("--min-track-frames", args.min_track_frames, 1)
+        if args.subjects == "all" and (args.boxes or args.stream or args.emoclip):
+            raise c.ArgError("--subjects all tracks the detector's faces in the whole-video path: it takes "
+                             "neither --boxes, --stream nor --emoclip")
         c.output_folder("--out", args.out)
         if args.bundle is None and args.emoclip is None:
             raise c.ArgError("give --bundle (VA / EXPR / AU) and/or --emoclip (zero-shot classes)")
@@ -135,64 +145,11 @@ def _run(args, info) -> int:
     from affaccel.inference.sharding import run_inputs
 
     out, names, t_all = Path(args.out), output_names(args.videos), time.perf_counter()  # names: before sharding
-    entries = run_inputs(args.videos, lambda i: _predict_one(predictor, args, args.videos[i], names[i], boxes[i], out),
-                         out, info, progress=not args.no_progress)
+    entries = run_inputs(args.videos, lambda i: predict_one(predictor, args, args.videos[i], names[i], boxes[i],
+                                                            out, set(names)), out, info, progress=not args.no_progress)
     if info.is_main:
-        _summary(entries, time.perf_counter() - t_all, out)
+        print_summary(entries, time.perf_counter() - t_all, out)
     return 0 if all(e["status"] != "failed" for e in entries) else 1
-
-
-def _predict_one(predictor, args, video: str, name: str, bx, out: Path) -> dict:
-    """Predict one input and write its files; the manifest entry (failures included)."""
-    from tqdm.auto import tqdm
-
-    entry: dict = {"input": str(video), "status": "failed", "outputs": [], "warnings": []}
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = predictor.predict_video(video, boxes=bx, batch_size=args.batch_size,
-                                          weighting=args.weighting, stream=args.stream,
-                                          progress=not args.no_progress)
-        # e.g. "decoding stopped after N frames (corrupt file)"
-        entry["warnings"] = [str(w.message).removeprefix(f"{video}: ") for w in caught]
-        if res.n_faces == 0:  # still a table: one row per frame, face_found false, NaN predictions
-            entry["warnings"].append(f"no face found in any of its {res.n_frames} frames: every row "
-                                     "has face_found false and NaN predictions")
-        files = res.save(out, args.format, name=name)
-        if args.plot:
-            files.append(res.plot(out / f"{name}.png"))
-        entry.update(status="ok" if res.n_faces else "no_face", outputs=[str(f) for f in files],
-                     frames=res.n_frames, faces=res.n_faces, seconds=round(res.seconds, 3),
-                     decoder=res.decoder)
-        if args.verbose:
-            tqdm.write(f"{video}: decoded with {res.decoder}, {res.n_frames} frames")
-    except Exception as e:  # noqa: BLE001 - one bad video must not stop the others
-        reason = getattr(e, "reason", None) or str(e)
-        # the decoder's errors already start with the path; do not repeat it
-        entry["reason"] = f"{type(e).__name__}: {reason.removeprefix(f'{video}: ')}"
-        tqdm.write(f"FAILED {video}: {entry['reason']}", file=sys.stderr)
-    for w in entry["warnings"]:
-        tqdm.write(f"warning: {video}: {w}", file=sys.stderr)
-    return entry
-
-
-def _summary(entries: list[dict], seconds: float, out: Path) -> None:
-    done = [e for e in entries if e["status"] != "failed"]
-    print(f"{'video':40s} {'frames':>8s} {'faces':>8s} {'seconds':>9s} {'frames/s':>9s}  output")
-    for e in done:
-        n, secs = e["frames"], e["seconds"]
-        fps = n / secs if secs > 0 else float("nan")
-        print(f"{Path(e['input']).name[:40]:40s} {n:8d} {e['faces']:8d} {secs:9.2f} {fps:9.1f}  "
-              f"{', '.join(Path(o).name for o in e['outputs'])}")
-    total = sum(e["frames"] for e in done)
-    print(f"{len(done)} of {len(entries)} videos done, {total} frames in "
-          f"{seconds:.1f} s ({total / seconds if seconds > 0 else float('nan'):.1f} frames/s) "
-          f"-> {out} (manifest: {out / MANIFEST_NAME})")
-    for e in entries:
-        for w in e["warnings"]:
-            print(f"warning: {e['input']}: {w}")
-        if e["status"] == "failed":
-            print(f"failed: {e['input']}: {e['reason']}")
 
 
 if __name__ == "__main__":

@@ -59,12 +59,18 @@ class Track:
 @dataclass
 class TrackOutput:
     """Per-frame boxes of the followed subject: ``boxes [B, 4]`` (NaN rows = no face),
-    ``scores [B]`` (NaN without a face), ``ids [B]`` int64 track id (-1 without a face)."""
+    ``scores [B]`` (NaN without a face), ``ids [B]`` int64 track id (-1 without a face).
+    ``tracks [N, 7]`` float64: every live track on every frame, one row each, columns
+    ``TRACK_COLUMNS`` (absolute frame index, track id, x, y, w, h, score), in frame order."""
     boxes: np.ndarray
     scores: np.ndarray
     ids: np.ndarray
     detected: np.ndarray = field(default=None)  # [B] bool: the detector ran on this frame
     cuts: np.ndarray = field(default=None)      # [B] bool: a scene cut starts at this frame
+    tracks: np.ndarray = field(default=None)    # [N, 7] every live track (TRACK_COLUMNS)
+
+
+TRACK_COLUMNS = ("frame", "id", "x", "y", "w", "h", "score")
 
 
 HIST_BINS = 16      # per channel, soft (linear) binning: a small change of every pixel value
@@ -189,6 +195,7 @@ class FaceTracker:
         det_of = dict(zip(det_rows.tolist(), dets))
         out = TrackOutput(np.full((b, 4), np.nan), np.full(b, np.nan),
                           np.full(b, -1, np.int64), np.zeros(b, bool), cuts)
+        live: list[list[float]] = []
         for i in range(b):
             if cuts[i]:                 # a new scene: nobody from before is in it
                 self.tracks, self.subject = [], None
@@ -199,6 +206,8 @@ class FaceTracker:
             track = next((t for t in self.tracks if t.id == self.subject), None)
             if track is not None:
                 out.boxes[i], out.scores[i], out.ids[i] = track.box, track.score, track.id
+            live += [[self.frame_index + i, t.id, *t.box, t.score] for t in self.tracks]
+        out.tracks = np.asarray(live, np.float64).reshape(-1, len(TRACK_COLUMNS))
         self.frame_index += b
         return out
 
@@ -216,6 +225,6 @@ class FaceTracker:
         outs = [self.update(f) for f in batches]
         if not outs:
             return TrackOutput(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64),
-                               np.zeros(0, bool), np.zeros(0, bool))
+                               np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, len(TRACK_COLUMNS))))
         return TrackOutput(*(np.concatenate([getattr(o, k) for o in outs])
-                             for k in ("boxes", "scores", "ids", "detected", "cuts")))
+                             for k in ("boxes", "scores", "ids", "detected", "cuts", "tracks")))

@@ -85,3 +85,85 @@ def test_segments_with_gaps_and_face_less_frames(predictor):
     assert set(batch.loc[batch["face_found"], "segment"]) == {0}
     assert batch.loc[batch["face_found"], "face_id"].nunique() == 2
     np.testing.assert_allclose(streamed[PRED].to_numpy(), batch[PRED].to_numpy(), atol=1e-5)
+
+
+def test_tracker_reports_every_live_track(frames):
+    from affaccel.faces.detector import HaarFaceDetector
+    from affaccel.faces.tracker import TRACK_COLUMNS, FaceTracker
+
+    out = FaceTracker(HaarFaceDetector()).track([frames[i:i + 16] for i in range(0, len(frames), 16)])
+    assert out.tracks.shape[1] == len(TRACK_COLUMNS)
+    frame, ids = out.tracks[:, 0].astype(int), out.tracks[:, 1].astype(int)
+    per_frame = np.bincount(frame, minlength=len(frames))
+    assert (per_frame[:CUT] == 2).all() and (per_frame[CUT:] == 1).all()   # both people, then one
+    assert len(set(ids[frame < CUT])) == 2 and not set(ids[frame < CUT]) & set(ids[frame >= CUT])
+    # the followed subject is one of the reported tracks, with the same box
+    for f in (0, CUT - 1, CUT, len(frames) - 1):
+        row = out.tracks[(frame == f) & (ids == out.ids[f])]
+        np.testing.assert_array_equal(row[0, 2:6], out.boxes[f])
+
+
+def test_subjects_all_gives_one_table_per_person(predictor, frames):
+    from affaccel.inference.subjects import predict_subjects
+
+    subs, short = predict_subjects(predictor, frames)
+    assert short == {} and [(s.first, s.last) for s in subs] == [(0, CUT - 1), (0, CUT - 1), (CUT, 79)]
+    main = predictor.predict_video(frames).frame
+    for s in subs:
+        df = s.result.frame
+        assert df["frame"].tolist() == list(range(len(frames)))        # every frame, like _left/_right
+        inside = (df["frame"] >= s.first) & (df["frame"] <= s.last)
+        assert (df["face_found"] == inside).all() and (df.loc[inside, "face_id"] == s.track_id).all()
+        assert df.loc[~inside, PRED].isna().all().all() and df.loc[inside, PRED].notna().all().all()
+        # each person's predictions come from that person's crops only: the same as the default
+        # mode given that track's boxes over the track's frames
+        boxes = df.loc[inside, ["face_x", "face_y", "face_w", "face_h"]].to_numpy()
+        alone = predictor.predict_video(frames[s.first:s.last + 1], boxes=boxes).frame
+        np.testing.assert_allclose(df.loc[inside, PRED].to_numpy(), alone[PRED].to_numpy(), atol=1e-5)
+    # the speaker's table is the default mode's table before the cut, the close-up's after it
+    np.testing.assert_allclose(subs[0].result.frame[PRED][:CUT].to_numpy(), main[PRED][:CUT].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(subs[2].result.frame[PRED][CUT:].to_numpy(), main[PRED][CUT:].to_numpy(), atol=1e-5)
+    # the background person differs from the speaker
+    assert np.abs(subs[1].result.frame["valence"][:CUT] - subs[0].result.frame["valence"][:CUT]).max() > 1e-4
+    subs, short = predict_subjects(predictor, frames, min_frames=CUT + 1)
+    assert short == {0: CUT, 1: CUT, 2: 80 - CUT} and len(subs) == 1 and subs[0].track_id is None
+    assert not subs[0].result.frame["face_found"].any() and len(subs[0].result.frame) == len(frames)
+
+
+def test_subjects_all_command(tmp_path, predictor, frames, capsys):
+    import json
+
+    import pandas as pd
+
+    from affaccel.inference.subjects import predict_subjects
+    from affaccel.predict import main
+    from affaccel.predict_jobs import subject_name
+
+    from predict_support import write_video
+
+    vid = write_video(tmp_path / "talk.mp4", frames)
+    bundle, out = str(make_bundle(tmp_path / "b.pt")), tmp_path / "out"
+    assert main([str(vid), "--bundle", bundle, "--out", str(out), "--subjects", "all", "--no-progress"]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["inputs"][0]
+    # the same subjects as the API on the same file (H.264 loses the small background face here)
+    subs, _ = predict_subjects(predictor, str(vid))
+    assert len(subs) >= 2 and subs[0].last == CUT - 1 and subs[-1].first == CUT
+    assert entry["status"] == "ok" and [s["track"] for s in entry["subjects"]] == [s.track_id for s in subs]
+    assert sorted(p.name for p in out.glob("*.csv")) == [f"talk_face{s.track_id}.csv" for s in subs]
+    for s, api in zip(entry["subjects"], subs):
+        df = pd.read_csv(s["outputs"][0])
+        assert len(df) == len(frames) and df["face_found"].sum() == s["faces"] == api.last - api.first + 1
+        np.testing.assert_allclose(df[PRED].to_numpy(), api.result.frame[PRED].to_numpy(), atol=1e-5)
+    assert "talk_face0.csv" in capsys.readouterr().out
+    # every track too short: one face-less table under the video's own name, and a warning
+    out2 = tmp_path / "out2"
+    assert main([str(vid), "--bundle", bundle, "--out", str(out2), "--subjects", "all", "--no-progress",
+                 "--min-track-frames", "1000"]) == 0
+    entry = json.loads((out2 / "manifest.json").read_text())["inputs"][0]
+    assert entry["status"] == "no_face" and len(entry["short_tracks"]) == len(subs)
+    assert [p.name for p in out2.glob("*.csv")] == ["talk.csv"]
+    assert any("shorter than --min-track-frames" in w for w in entry["warnings"])
+    # options that do not apply are refused before any work
+    assert main([str(vid), "--bundle", bundle, "--out", str(out2), "--subjects", "all", "--stream"]) == 2
+    # a per-person name never takes another input's output name
+    assert subject_name("x", 0, {"x", "x_face0"}) == "x_face0_1"
