@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from affaccel.device import resolve_device
+from affaccel.inference.overlap import prefetch
 from affaccel.inference.streaming import (
     FeatureFiller,
     NoFramesError,
@@ -62,6 +63,9 @@ class AffectPredictor:
     emoclip: optional ``affaccel.emoclip.frames.ZeroShotScorer``: adds per-frame ``zs_<label>``
     probability columns (with or without temporal models; alone, its image tower is the encoder).
     """
+
+    prefetch_depth = 3    # decoded batches a decode thread runs ahead (0: decode in the caller's thread)
+    prefetch_stats = None  # an overlap.PrefetchStats to add each video's decode/consumer idle times to
 
     def __init__(self, models: dict, encoder=None, window: int = 300, stride: int = 200,
                  device: str = "auto", detector=None, tracker_options: dict | None = None,
@@ -165,6 +169,13 @@ class AffectPredictor:
         .choose_backend); ("", "") for frames, crops or features given directly."""
         return choose_decoder(video, self.decode_backend, self.device)
 
+    def _frames(self, video, batch_size: int, fps):
+        """Decoded batches of ``video``; CPU decoding runs ahead in a thread (inference/overlap.py),
+        DALI (GPU) decoding and frames handed in run in the caller's thread."""
+        dec = self.decoder(video)
+        depth = self.prefetch_depth if dec[1] == "cpu" else 0
+        return prefetch(_iter_frames(video, batch_size, fps, *dec), depth, self.prefetch_stats)
+
     def _crop(self, frames, boxes):
         from affaccel.video.crop import crop_faces
 
@@ -173,39 +184,16 @@ class AffectPredictor:
                           expand=self.crop_expand, device=self.device)
 
     def _iter_chunks(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
-                     fps: float | None = None, face_found=None, progress=None) -> Iterator[_Chunk]:
-        """Frames -> per-frame boxes and features, one batch at a time."""
+                     fps: float | None = None, face_found=None, progress=None,
+                     cuts=None) -> Iterator[_Chunk]:
+        """Frames -> per-frame boxes and features, one batch at a time. ``cuts``: the caller's
+        scene-cut frame indices (None: detected on decoded frames, none for crops / features)."""
         import torch
 
+        given = _cut_mask(cuts)
+
         if features is not None or crops is not None:
-            arr = features if features is not None else crops
-            n = len(arr)
-            found = (np.ones(n, bool) if face_found is None
-                     else np.asarray(face_found, bool).reshape(-1))
-            if len(found) != n:
-                raise ValueError(f"face_found has {len(found)} entries for {n} frames")
-            ts = np.arange(n) / fps if fps else np.full(n, np.nan)
-            for i in range(0, n, batch_size):
-                sl = slice(i, min(n, i + batch_size))
-                if features is not None:
-                    f = torch.as_tensor(np.asarray(arr[sl]) if not torch.is_tensor(arr) else arr[sl])
-                    f = f.float().cpu()
-                    if f.ndim != 2 or (self.feature_dim and f.shape[1] != self.feature_dim):
-                        raise ValueError(f"features: expected [T, {self.feature_dim}], got "
-                                         f"[..., {tuple(f.shape[1:])}]")
-                else:
-                    c = torch.as_tensor(arr[sl])
-                    if c.ndim != 4 or c.shape[1] != 3:
-                        raise ValueError(f"crops: expected [T, 3, S, S], got {tuple(c.shape)}")
-                    f = torch.zeros((len(c), self.encoder.feature_dim))
-                    ok = torch.as_tensor(found[sl])
-                    if bool(ok.any()):
-                        f[ok] = self.encode(c[ok].float())
-                b = sl.stop - sl.start
-                if progress is not None:
-                    progress.update(b)
-                yield _Chunk(ts[sl], np.full((b, 4), np.nan), np.full(b, np.nan),
-                             np.full(b, -1, np.int64), found[sl], f)
+            yield from self._iter_given(crops, features, batch_size, fps, face_found, progress, given)
             return
         user_boxes = None
         if boxes is not None:
@@ -216,19 +204,19 @@ class AffectPredictor:
         if self.encoder is None:
             raise ValueError("this predictor has no encoder: pass features= (or load a bundle "
                              "with an encoder) to predict from frames or videos")
-        tracker = None
-        if user_boxes is None:
-            from affaccel.faces.tracker import FaceTracker
+        from affaccel.faces.tracker import CutDetector, FaceTracker
 
-            tracker = FaceTracker(self.detector, **self.tracker_options)
-        for batch in _iter_frames(video, batch_size, fps, *self.decoder(video)):
+        tracker = FaceTracker(self.detector, **self.tracker_options) if user_boxes is None else None
+        # with the user's boxes the cuts are still looked for (windows never span a cut)
+        detect_cuts = CutDetector(self.tracker_options.get("cut_threshold", 0.4))
+        for batch in self._frames(video, batch_size, fps):
             frames, ts, start = batch
             b = len(frames)
             if tracker is not None:
                 tr = tracker.update(frames)
-                bx, sc, ids, cuts = tr.boxes, tr.scores, tr.ids, tr.cuts
+                bx, sc, ids, cut = tr.boxes, tr.scores, tr.ids, tr.cuts
             else:
-                cuts = None
+                cut = detect_cuts(frames) if given is None else None
                 bx = np.full((b, 4), np.nan)
                 have = max(0, min(b, len(user_boxes) - start))
                 bx[:have] = user_boxes[start:start + have]
@@ -250,12 +238,46 @@ class AffectPredictor:
                 zs = chunk_features(self.emoclip, frames, bx, found, f, self.encoder, self.device, self.crop_expand)
             if progress is not None:
                 progress.update(b)
-            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f, zs, cuts)
+            cut = cut if given is None else _cuts_of(given, start, b)
+            yield _Chunk(np.asarray(ts, np.float64), bx, sc, ids, found, f, zs, cut)
+
+    def _iter_given(self, crops, features, batch_size, fps, face_found, progress, given) -> Iterator[_Chunk]:
+        """Crops or features handed in -> chunks (no decoding, no face finding)."""
+        import torch
+
+        arr = features if features is not None else crops
+        n = len(arr)
+        found = (np.ones(n, bool) if face_found is None
+                 else np.asarray(face_found, bool).reshape(-1))
+        if len(found) != n:
+            raise ValueError(f"face_found has {len(found)} entries for {n} frames")
+        ts = np.arange(n) / fps if fps else np.full(n, np.nan)
+        for i in range(0, n, batch_size):
+            sl = slice(i, min(n, i + batch_size))
+            if features is not None:
+                f = torch.as_tensor(np.asarray(arr[sl]) if not torch.is_tensor(arr) else arr[sl])
+                f = f.float().cpu()
+                if f.ndim != 2 or (self.feature_dim and f.shape[1] != self.feature_dim):
+                    raise ValueError(f"features: expected [T, {self.feature_dim}], got "
+                                     f"[..., {tuple(f.shape[1:])}]")
+            else:
+                c = torch.as_tensor(arr[sl])
+                if c.ndim != 4 or c.shape[1] != 3:
+                    raise ValueError(f"crops: expected [T, 3, S, S], got {tuple(c.shape)}")
+                f = torch.zeros((len(c), self.encoder.feature_dim))
+                ok = torch.as_tensor(found[sl])
+                if bool(ok.any()):
+                    f[ok] = self.encode(c[ok].float())
+            b = sl.stop - sl.start
+            if progress is not None:
+                progress.update(b)
+            yield _Chunk(ts[sl], np.full((b, 4), np.nan), np.full(b, np.nan),
+                         np.full(b, -1, np.int64), found[sl], f, cuts=_cuts_of(given, sl.start, b))
 
     # -- public ------------------------------------------------------------------------
     def predict_stream(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
                        weighting: str | None = None, fps: float | None = None,
-                       face_found=None, progress=None) -> Iterator[Any]:
+                       face_found=None, progress=None, cuts=None) -> Iterator[Any]:
         """Yield DataFrame chunks (frozen schema) as frames are finalized; bounded memory.
 
         Memory: one decoded batch, about ``window + stride`` feature rows, the overlap sums of
@@ -297,7 +319,7 @@ class AffectPredictor:
             return [df for df in out if df is not None]
 
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found,
-                                    progress):
+                                    progress, cuts):
             seg = segmenter(ch.ids, ch.found, ch.cuts)
             side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found, seg))
             for lo, hi in segment_runs(seg):
@@ -316,7 +338,7 @@ class AffectPredictor:
     def predict_video(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
                       weighting: str | None = None, stream: bool = False,
                       fps: float | None = None,
-                      face_found=None, progress: bool | Any = False) -> PredictionResult:
+                      face_found=None, progress: bool | Any = False, cuts=None) -> PredictionResult:
         """Predict every frame of one input.
 
         video: a file path, or frames ``[T, H, W, 3]`` uint8 (NumPy / torch), or an iterable of
@@ -327,6 +349,9 @@ class AffectPredictor:
         face_found: ``[T]`` bool for crops / features (default: all True).
         fps: timestamps for frame arrays, crops and features (``frame / fps``; NaN without).
         stream: use the bounded-memory streaming path (same numbers).
+        cuts: frame indices where a new scene starts (or a [T] bool mask); a cut starts a new
+        temporal segment. Default: detected from the decoded frames (also with ``boxes``); none
+        for crops and features, which carry no frames to look at.
         """
         import pandas as pd
 
@@ -335,11 +360,11 @@ class AffectPredictor:
         try:
             if stream:
                 table = pd.concat(list(self.predict_stream(
-                    video, boxes, crops, features, batch_size, weighting, fps, face_found, bar)),
+                    video, boxes, crops, features, batch_size, weighting, fps, face_found, bar, cuts)),
                     ignore_index=True)
             else:
                 table = self._predict_batch(video, boxes, crops, features, batch_size, weighting,
-                                            fps, face_found, bar)
+                                            fps, face_found, bar, cuts)
         finally:
             if bar is not None and progress is True:
                 bar.close()
@@ -347,14 +372,14 @@ class AffectPredictor:
         return PredictionResult(table, _name_of(video), self.tasks, time.perf_counter() - t0,
                                 decoder=f"{dec[0]} ({dec[1]})" if dec[0] else "")
 
-    def _collect(self, video, boxes, crops, features, batch_size, fps, face_found, bar):
+    def _collect(self, video, boxes, crops, features, batch_size, fps, face_found, bar, cuts=None):
         """All chunks of one input -> (side columns incl. segment numbers, filled features
         [T_j, D] of each temporal segment, in frame order)."""
         import torch
 
         zs_filler, segmenter = FeatureFiller(), Segmenter()
         side, raw, zs_blocks = [], [], []
-        for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found, bar):
+        for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found, bar, cuts):
             side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found,
                          segmenter(ch.ids, ch.found, ch.cuts)))
             raw.append(ch.feats)
@@ -384,8 +409,8 @@ class AffectPredictor:
         return add_zs_columns(table, self.emoclip, zs_feats, _name_of(video))
 
     def _predict_batch(self, video, boxes, crops, features, batch_size, weighting, fps,
-                       face_found, bar):
-        cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar)
+                       face_found, bar, cuts=None):
+        cols, feats = self._collect(video, boxes, crops, features, batch_size, fps, face_found, bar, cuts)
         preds = self._temporal([feats], weighting or self.weighting)[0] if self.models else {}
         return self._with_zs(build_table(0, *cols[:5], preds, segments=cols[5]), self._zs_feats, video)
 
@@ -483,6 +508,28 @@ def choose_decoder(video, backend: str, device) -> tuple[str, str]:
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     chosen = choose_backend(video, backend, dev)
     return chosen, (str(device) if chosen == "dali" and dev == "cuda" else "cpu")
+
+
+def _cut_mask(cuts) -> np.ndarray | None:
+    """The caller's scene cuts (frame indices where a new scene starts) as a sorted index array."""
+    if cuts is None:
+        return None
+    idx = np.asarray(cuts).reshape(-1)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0):
+        raise ValueError(f"cuts: expected frame indices >= 0 (or a [T] bool mask), got {cuts!r:.80}")
+    return np.unique(idx.astype(np.int64))
+
+
+def _cuts_of(given: np.ndarray | None, start: int, n: int) -> np.ndarray | None:
+    """[n] bool: which of frames start .. start+n-1 start a scene (None: no cuts given)."""
+    if given is None:
+        return None
+    out = np.zeros(n, bool)
+    sel = given[(given >= start) & (given < start + n)] - start
+    out[sel] = True
+    return out
 
 
 def _iter_frames(video, batch_size: int, fps: float | None, backend: str, device: str = "cpu"):

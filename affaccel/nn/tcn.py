@@ -15,6 +15,14 @@ in training with p > 0 the dropout sits between the activation and the residual 
 fuses bias + activation and dropout, add and activation run as separate steps. Both orders are
 exact; neither path drops anything the other keeps, and they draw dropout masks in the same
 order, so the same seed gives the same result.
+
+CPU inference path (``TCN.forward`` with ``fused=None`` where the reference would run, dropout
+inactive): the whole stack runs channels-first, [B, C, T], with one transpose in and one out
+(``TemporalBlock.forward_channels_first``: left-padded ``F.conv1d`` per conv, the same
+arithmetic as the reference, without its per-conv transposes and copies). Chosen by
+``affaccel.ops._dispatch.use_channels_first``; compared with ``forward_ref`` in
+tests/nn/test_tcn.py. In training with dropout the channels-last reference runs, so the dropout
+masks stay those of the fused path.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from affaccel.ops._dispatch import use_channels_first
 from affaccel.ops.causal_conv import (
     ACTIVATIONS,
     activation_ref,
@@ -94,6 +103,19 @@ class TemporalBlock(nn.Module):
         out = self.dropout(causal_conv1d_ref(h, self.conv2.weight, self.conv2.bias, d, act))
         return activation_ref(out + self._residual(x), act)
 
+    def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The CPU inference path: x [B, C_in, T] -> [B, C_out, T]; dropout must be inactive
+        (eval mode or p = 0). Same arithmetic as ``forward_ref`` in the conv's own layout."""
+        act, d = self.activation, self.dilation
+        pad = (self.conv1.kernel_size[0] - 1) * d
+        h = activation_ref(F.conv1d(F.pad(x, (pad, 0)), self.conv1.weight, self.conv1.bias, dilation=d), act)
+        out = activation_ref(F.conv1d(F.pad(h, (pad, 0)), self.conv2.weight, self.conv2.bias, dilation=d), act)
+        res = x if self.downsample is None else F.conv1d(x, self.downsample.weight, self.downsample.bias)
+        return activation_ref(out + res, act)
+
+    def dropout_active(self) -> bool:
+        return self.training and self.dropout.p > 0.0
+
 
 class TCN(nn.Module):
     """Stack of TemporalBlocks, dilation 2**i at level i. x: [B, T, in_channels] -> [B, T, channels[-1]].
@@ -127,6 +149,11 @@ class TCN(nn.Module):
         for block in self.blocks:
             block.fused = value
 
+    def channels_first_path(self, x: torch.Tensor) -> bool:
+        """Whether forward takes the channels-first CPU path for x (see the module docstring)."""
+        return (self.fused is None and use_channels_first(x)
+                and not any(b.dropout_active() for b in self.blocks))
+
     @property
     def receptive_field(self) -> int:
         return 1 + 2 * (self.kernel_size - 1) * (2 ** len(self.blocks) - 1)
@@ -135,6 +162,11 @@ class TCN(nn.Module):
         """x: [B, T, in_channels] -> [B, T, out_channels]."""
         if x.dim() != 3 or x.shape[-1] != self.in_channels:
             raise ValueError(f"TCN expects x: [B, T, {self.in_channels}], got {tuple(x.shape)}")
+        if self.channels_first_path(x):
+            h = x.transpose(1, 2)
+            for block in self.blocks:
+                h = block.forward_channels_first(h)
+            return h.transpose(1, 2)
         for block in self.blocks:
             x = block(x)
         return x

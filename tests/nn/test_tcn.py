@@ -171,3 +171,50 @@ def test_cuda_fused_matches_reference_and_trains(cuda_mode, mode):
     lr = _train(ref, 8, device="cuda", dtype=dtype, B=B, T=T)
     assert lf[-1] < lf[0]
     torch.testing.assert_close(torch.tensor(lf), torch.tensor(lr), **tol(mode))
+
+
+def _ref_stack(tcn, x):
+    for b in tcn.blocks:
+        x = b.forward_ref(x)
+    return x
+
+
+@pytest.fixture
+def cpu_reference(monkeypatch):
+    """CPU tensors take the reference (the default outside Triton's interpreter)."""
+    monkeypatch.delenv("AFFACCEL_TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.mark.parametrize("activation,weight_norm,widths", [
+    ("relu", False, [8, 8]), ("gelu", True, [5, 7, 3]), ("leaky_relu", False, [6])])
+@pytest.mark.parametrize("T", [1, 2, 7, 31, 300])
+def test_cpu_channels_first_path_matches_reference(cpu_reference, activation, weight_norm, widths, T):
+    torch.manual_seed(T)
+    tcn = TCN(6, widths, kernel_size=3, dropout=0.3, activation=activation,
+              weight_norm=weight_norm).eval()
+    x = torch.randn(3, T, 12)[:, :, ::2]          # non-contiguous input
+    assert tcn.channels_first_path(x)
+    y = tcn(x)
+    assert y.shape == (3, T, widths[-1])
+    torch.testing.assert_close(y, _ref_stack(tcn, x), **tol("float32"))
+    x64 = x.double()
+    tcn64 = tcn.double()
+    torch.testing.assert_close(tcn64(x64), _ref_stack(tcn64, x64), **tol("float64"))
+
+
+def test_cpu_channels_first_path_choice_and_gradients(cpu_reference):
+    torch.manual_seed(0)
+    tcn = TCN(4, [5, 5], dropout=0.3)
+    x = torch.randn(2, 9, 4, requires_grad=True)
+    assert not tcn.train().channels_first_path(x)     # dropout active: channels-last masks
+    tcn.fused = False
+    assert not tcn.eval().channels_first_path(x)      # fused=False forces the step-by-step reference
+    tcn.fused = None
+    assert tcn.channels_first_path(x)
+    tcn_p0 = TCN(4, [5, 5], dropout=0.0).train()
+    assert tcn_p0.channels_first_path(x)              # p = 0: nothing to drop, fast path in training
+    gx = torch.autograd.grad(tcn_p0(x).square().sum(), [x, *tcn_p0.parameters()])
+    gr = torch.autograd.grad(_ref_stack(tcn_p0, x).square().sum(), [x, *tcn_p0.parameters()])
+    for a, b in zip(gx, gr):
+        torch.testing.assert_close(a, b, **tol("float32"))
