@@ -100,6 +100,31 @@ def histogram_changes(hists: np.ndarray, previous: np.ndarray | None) -> np.ndar
     return np.abs(hists - prev).sum(1) / 6.0
 
 
+class CutDetector:
+    """Scene cuts of consecutive frame batches of one video: a frame whose colour histograms
+    differ from the previous frame's by more than ``threshold`` (``None``: never a cut).
+    ``__call__(frames [B, H, W, 3] uint8) -> [B] bool`` (never the video's first frame)."""
+
+    def __init__(self, threshold: float | None = 0.4):
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"cut_threshold must be in (0, 1] or None, got {threshold}")
+        self.threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_hist: np.ndarray | None = None
+
+    def __call__(self, frames) -> np.ndarray:
+        if hasattr(frames, "detach"):
+            frames = frames.detach().cpu().numpy()
+        if self.threshold is None or not len(frames):
+            return np.zeros(len(frames), bool)
+        hists = colour_histograms(np.asarray(frames))
+        cuts = histogram_changes(hists, self._last_hist) > self.threshold
+        self._last_hist = hists[-1]
+        return cuts
+
+
 class FaceTracker:
     """Stateful tracker: call ``update`` on consecutive frame batches of one video.
 
@@ -124,7 +149,7 @@ class FaceTracker:
         self.frame_index = 0
         self._next_id = 0
         self._frame_hw: tuple[int, int] | None = None
-        self._last_hist: np.ndarray | None = None
+        self._cuts = CutDetector(self.config.cut_threshold)
 
     # -- association --------------------------------------------------------------------
     def _associate(self, dets: np.ndarray) -> None:
@@ -210,15 +235,6 @@ class FaceTracker:
         out.tracks = np.asarray(live, np.float64).reshape(-1, len(TRACK_COLUMNS))
         self.frame_index += b
         return out
-
-    def _cuts(self, frames: np.ndarray) -> np.ndarray:
-        """[B] bool: frames where a scene cut starts (never the first frame of a video)."""
-        if self.config.cut_threshold is None or not len(frames):
-            return np.zeros(len(frames), bool)
-        hists = colour_histograms(frames)
-        cuts = histogram_changes(hists, self._last_hist) > self.config.cut_threshold
-        self._last_hist = hists[-1]
-        return cuts
 
     def track(self, batches) -> TrackOutput:
         """Run ``update`` over an iterable of frame batches; concatenate the outputs."""

@@ -167,3 +167,35 @@ def test_subjects_all_command(tmp_path, predictor, frames, capsys):
     assert main([str(vid), "--bundle", bundle, "--out", str(out2), "--subjects", "all", "--stream"]) == 2
     # a per-person name never takes another input's output name
     assert subject_name("x", 0, {"x", "x_face0"}) == "x_face0_1"
+
+
+def test_cuts_with_user_boxes_crops_and_features(predictor, frames):
+    """With the user's boxes the cut is still detected on the frames; crops and features carry
+    no frames, so the caller's ``cuts`` are used. Either way each side is predicted alone."""
+    import torch
+
+    tracked = predictor.predict_video(frames).frame
+    boxes = tracked[["face_x", "face_y", "face_w", "face_h"]].to_numpy()
+    halves = [slice(0, CUT), slice(CUT, len(frames))]
+    df = predictor.predict_video(frames, boxes=boxes).frame
+    assert df["segment"].tolist() == [0] * CUT + [1] * (len(frames) - CUT)
+    for h in halves:
+        alone = predictor.predict_video(frames[h], boxes=boxes[h]).frame
+        np.testing.assert_allclose(df[PRED][h].to_numpy(), alone[PRED].to_numpy(), atol=1e-5)
+    streamed = predictor.predict_video(frames, boxes=boxes, stream=True, batch_size=24).frame
+    np.testing.assert_allclose(streamed[PRED].to_numpy(), df[PRED].to_numpy(), atol=1e-5)
+
+    feats = torch.randn(len(frames), predictor.feature_dim, generator=torch.Generator().manual_seed(0))
+    whole = predictor.predict_video(None, features=feats).frame
+    assert set(whole["segment"]) == {0}
+    for cuts in ([CUT], np.arange(len(frames)) == CUT):
+        cut = predictor.predict_video(None, features=feats, cuts=cuts).frame
+        assert cut["segment"].tolist() == [0] * CUT + [1] * (len(frames) - CUT)
+        for h in halves:
+            alone = predictor.predict_video(None, features=feats[h]).frame
+            np.testing.assert_allclose(cut[PRED][h].to_numpy(), alone[PRED].to_numpy(), atol=1e-5)
+    assert np.abs(whole["valence"][:CUT] - cut["valence"][:CUT]).max() > 1e-4   # the cut mattered
+    crops = torch.rand(len(frames), 3, predictor.encoder.image_size, predictor.encoder.image_size)
+    assert predictor.predict_video(None, crops=crops, cuts=[CUT]).frame["segment"].tolist() == cut["segment"].tolist()
+    with pytest.raises(ValueError, match="cuts"):
+        predictor.predict_video(None, features=feats, cuts=[-3])
