@@ -68,6 +68,17 @@ def device(flag: str, name) -> None:
         raise ArgError(f"{flag} {name}: {e}") from None
 
 
+def frames_backend(flag: str, name) -> None:
+    """``dali`` only where DALI imports (``auto`` falls back to PIL by itself)."""
+    if name != "dali":
+        return
+    from affaccel.video.decode import dali_available
+
+    if not dali_available():
+        raise ArgError(f"{flag} dali: NVIDIA DALI is not installed here (docs/gpu.md says how to add it); "
+                       "use --frames-backend pil or auto")
+
+
 def report(checks: Callable[[], None]) -> int | None:
     """Run ``checks``; on an ArgError print ``error: ...`` on stderr and return 2, else None."""
     try:

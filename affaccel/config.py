@@ -182,6 +182,7 @@ class JobSpec:
     overrides: dict = field(default_factory=dict)  # TrainConfig overrides (None values ignored)
     progress: bool = True
     quiet_table: bool = False             # do not print the final table
+    frames_backend: str = "auto"          # frame image decoder of stages 1 and 2: auto / dali / pil
 
 
 # --- (de)serialisation ----------------------------------------------------------------------

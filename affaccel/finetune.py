@@ -87,6 +87,7 @@ def check_args(args) -> None:
         c.at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
     c.positive_number("--lr", args.lr)
     c.device("--device", args.device)
+    c.frames_backend("--frames-backend", args.frames_backend)
     c.file("--checkpoint", args.checkpoint, "weights file")
     for flag in ("--data-root", "--annotations", "--frames"):
         c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="auto",
                    help="open_clip weights tag for the encoder ('none' = random init); auto: 'openai' "
                         "with the paper preset, random init with the cpu/tiny presets")
+    p.add_argument("--frames-backend", choices=("auto", "dali", "pil"), default="auto",
+                   help="frame image decoder of fine-tuning and extraction: DALI (nvJPEG on GPU) or PIL; auto: "
+                        "DALI when installed. Either way a corrupt or truncated image is reported and masked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -63,6 +66,7 @@ def check_args(args) -> None:
     if args.folds not in (0, None) and args.folds < 2:
         raise c.ArgError(f"--folds must be 0 (official split) or >= 2, got {args.folds}")
     c.device("--device", args.device)
+    c.frames_backend("--frames-backend", args.frames_backend)
     for flag in ("--data-root", "--annotations", "--frames"):
         c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))
     c.output_folder("--run-dir", args.run_dir)
@@ -99,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   run_dir=args.run_dir, resume=args.resume,
                   preset=args.preset, synthetic=args.synthetic, finetune=not args.no_finetune,
                   pretrained=None if args.pretrained == "none" else args.pretrained,
-                  overrides=overrides, progress=not args.quiet)
+                  overrides=overrides, progress=not args.quiet, frames_backend=args.frames_backend)
     if args.folds and args.folds > 1:
         pipeline.run_folds(job, args.folds)
     else:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from affaccel.inference.predictor import _iter_frames, _name_of, _progress_bar
+from affaccel.inference.predictor import _name_of, _progress_bar
 from affaccel.inference.streaming import FeatureFiller, NoFramesError
 from affaccel.inference.table import PredictionResult, build_table
 from affaccel.tasks import TASKS
@@ -77,7 +77,7 @@ def collect_tracks(pred, video, batch_size: int = 64, fps: float | None = None, 
                          "every tracked face")
     tracker = FaceTracker(pred.detector, **pred.tracker_options)
     stamps, tracks = [], {}
-    for frames, ts, start in _iter_frames(video, batch_size, fps, *pred.decoder(video)):
+    for frames, ts, start in pred._frames(video, batch_size, fps):   # CPU decoding runs ahead
         rows = tracker.update(frames).tracks
         stamps.append(np.asarray(ts, np.float64))
         if len(rows):

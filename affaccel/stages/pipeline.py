@@ -87,7 +87,7 @@ def _digest(obj: Any) -> str:
 
 
 def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: str | None,
-                  progress: bool, tag: str = ""):
+                  progress: bool, tag: str = "", backend: str = "auto"):
     """The encoder whose features the temporal model reads.
 
     finetune=True: fine-tune on the records' "train" split (validated on "val"), cached under
@@ -100,6 +100,8 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
     from affaccel.stages.finetune import finetune as run_finetune
 
     cfg = finetune_preset(preset, pretrained)
+    if backend != "auto":          # a named decoder is part of the cache key (nvJPEG and PIL may differ)
+        cfg = dataclasses.replace(cfg, backend=backend)
     if not finetune:
         return build_encoder(cfg.clip).eval()
     from affaccel.stages.features import data_fingerprint
@@ -121,7 +123,7 @@ def encoder_stage(records: Sequence, preset: str, finetune: bool, pretrained: st
 
 
 # ----------------------------------------------------------------------------- stage 2: features
-def feature_stage(records: Sequence, encoder, progress: bool):
+def feature_stage(records: Sequence, encoder, progress: bool, backend: str = "auto"):
     """Features of every frame of every record in the feature cache; returns (cache, failed ids)."""
     from affaccel.stages.features import (
         FeatureCache,
@@ -132,7 +134,7 @@ def feature_stage(records: Sequence, encoder, progress: bool):
     cache = FeatureCache.for_encoder(default_cache_root(), encoder)
     batch = 256 if resolve_device().type == "cuda" else 64
     summary = extract_features(list(records), encoder, cache, batch_size=batch, device=resolve_device().type,
-                               progress=progress)
+                               progress=progress, backend=backend)
     for vid, why in summary["failed"].items():
         log.warning("video %s has no features and is left out: %s", vid, why)
     return cache, set(summary["failed"])
@@ -165,14 +167,14 @@ def prepare(job: JobSpec, train_records=None, val_records=None, dataset=None, ro
         train_records, val_records = dataset.by_split("train", job.task), dataset.by_split("val", job.task)
     records = stage1_records(dataset, val_records, job.task if official else None)
     t0 = time.perf_counter()
-    encoder = encoder_stage(records, preset, job.finetune, job.pretrained, job.progress, tag)
+    encoder = encoder_stage(records, preset, job.finetune, job.pretrained, job.progress, tag, job.frames_backend)
     timings["finetune_s"] = time.perf_counter() - t0
     from affaccel import distributed
 
     distributed.init_from_env(resolve_device().type)  # fine-tuning leaves the process group under torchrun
     t0 = time.perf_counter()
     with distributed.main_process_first():  # rank 0 extracts; the other ranks then find the cache
-        cache, failed = feature_stage(list(dataset.videos), encoder, job.progress)
+        cache, failed = feature_stage(list(dataset.videos), encoder, job.progress, job.frames_backend)
     timings["extract_s"] = time.perf_counter() - t0
     # frames whose image would not decode are masked like missing ones
     keep = lambda rs: cache.mask_bad_frames([r for r in rs if r.video_id not in failed])  # noqa: E731

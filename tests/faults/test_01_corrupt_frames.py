@@ -107,3 +107,49 @@ def test_extract_cli_survives_corrupt_jpegs(tmp_path):
     assert "failed 0" in proc.stderr
     for i in BAD:
         assert f"{vdir.name}/{Path(files[i]).name}: cannot decode image" in proc.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["pil", "dali"])
+def test_train_frames_backend_reaches_both_stages(tmp_path, monkeypatch, backend):
+    """``train --frames-backend`` is the decoder of stage 1 (fine-tuning) and of stage 2
+    (extraction); each stage is stopped at its entry once the choice is seen."""
+    import affaccel.stages.features as features
+    import affaccel.stages.finetune as finetune
+    from affaccel.train import main
+
+    seen = {}
+
+    def fake_finetune(records, cfg, *a, **k):
+        seen["stage1"] = cfg.backend
+        raise _Stop
+
+    def fake_extract(records, encoder, cache, **k):
+        seen["stage2"] = k.get("backend")
+        raise _Stop
+
+    monkeypatch.setenv("AFFACCEL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(features, "extract_features", fake_extract)
+    base = ["--synthetic", "tiny", "--preset", "tiny", "--quiet", "--frames-backend", backend]
+    with pytest.raises(_Stop):
+        main(base)
+    with pytest.raises(_Stop):
+        main([*base, "--no-finetune"])
+    assert seen == {"stage1": backend, "stage2": backend}
+
+
+def test_frames_backend_dali_without_dali_is_an_argument_error(monkeypatch, capsys):
+    import affaccel.video.decode as decode
+    from affaccel.extract import main as extract
+    from affaccel.finetune import main as finetune
+    from affaccel.train import main as train
+
+    monkeypatch.setattr(decode, "dali_available", lambda: False)
+    for cmd in (train, extract, finetune):
+        assert cmd(["--frames-backend", "dali"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --frames-backend dali: NVIDIA DALI is not installed") and err.count("\n") == 1
