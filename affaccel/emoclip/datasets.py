@@ -200,10 +200,27 @@ def mafw_compound_labels(compounds) -> LabelSet:
     return label_set_from_mapping(mapping, "mafw-compound")
 
 
-def read_mafw(root, fold, label_type: str = "single", captions: bool = True, frames: str | None = None) -> ClipSet:
+def read_caption_file(path) -> dict[str, str]:
+    """{clip stem: caption} of a ``<clip><TAB><caption>`` file (UTF-8 or GBK/GB18030), e.g.
+    English captions kept apart from the lists."""
+    path = Path(path)
+    lines, _ = read_text_lines(path)
+    out = {}
+    for n, _, text in lines:
+        clip, _, caption = text.partition("\t")
+        if not caption.strip() or caption.strip() == "-":
+            raise ValueError(f"{_entry(path, n, clip.strip())}: expected '<clip><TAB><caption>'")
+        out[clip.strip().split(".")[0]] = caption.strip()
+    return out
+
+
+def read_mafw(root, fold, label_type: str = "single", captions: bool = True, frames: str | None = None,
+              caption_file=None) -> ClipSet:
     """MAFW fold ``fold`` (1..5): single (11 classes) or compound labels, with the captions of
-    the ``with_caption`` lists (``captions=False``: the ``no_caption`` lists)."""
+    the ``with_caption`` lists (``captions=False``: the ``no_caption`` lists); ``caption_file``
+    (``read_caption_file``) replaces the lists' captions of the clips it names."""
     root = Path(root)
+    extra = read_caption_file(caption_file) if caption_file else {}
     fold = _check_fold("mafw", fold, 5)
     if label_type not in ("single", "compound"):
         raise ValueError(f"mafw label type must be 'single' or 'compound', got {label_type!r}")
@@ -224,7 +241,8 @@ def read_mafw(root, fold, label_type: str = "single", captions: bool = True, fra
             expression = "_".join(parts)
             if len(parts) > 1:
                 compounds.setdefault(expression, parts)
-            _add(cs, split, rec, _item(rec, expression, caption if captions else None), _entry(path, n, clip))
+            caption = extra.get(stem, caption if captions else None)
+            _add(cs, split, rec, _item(rec, expression, caption), _entry(path, n, clip))
     if label_type == "compound":
         cs.labels = mafw_compound_labels(compounds.values())
     return cs
@@ -372,14 +390,16 @@ def read_afew(root, fold=None, frames: str | None = None) -> ClipSet:
 
 
 def load_clip_dataset(name: str, root, fold=None, frames: str | None = None, label_type: str = "single",
-                      captions: bool = True) -> ClipSet:
+                      captions: bool = True, caption_file=None) -> ClipSet:
     """The clips of data set ``name`` (one of DATASETS) under ``root``; see the module docstring."""
     if root is None:
         raise ValueError(f"--dataset {name} needs --data-root (the folder the data set unpacks to)")
     if not Path(root).is_dir():
         raise FileNotFoundError(f"data root {root} is not a folder")
     if name == "mafw":
-        return read_mafw(root, fold, label_type, captions, frames)
+        return read_mafw(root, fold, label_type, captions, frames, caption_file)
+    if caption_file:
+        raise ValueError(f"--captions: only MAFW has sample-level captions, not {name}")
     if label_type != "single":
         raise ValueError(f"{name} has single labels only (compound labels are MAFW's)")
     readers = {"dfew": read_dfew, "ferv39k": read_ferv39k, "afew": read_afew}
@@ -396,18 +416,19 @@ def add_dataset_arguments(p) -> None:
     p.add_argument("--frames", help="frame folder under --data-root (default: the data set's usual one)")
     p.add_argument("--mafw-labels", default="single", choices=("single", "compound"),
                    help="MAFW: 11 single classes or the compound lists")
+    p.add_argument("--captions", help="MAFW: <clip><TAB><caption> file replacing the lists' captions")
 
 
 def clips_from_args(a) -> ClipSet | None:
     """The ClipSet the parsed ``--dataset`` arguments name, or None (Aff-Wild2 layout)."""
     if a.dataset is None:
-        for flag, value in (("--fold", a.fold), ("--frames", a.frames)):
+        for flag, value in (("--fold", a.fold), ("--frames", a.frames), ("--captions", a.captions)):
             if value is not None:
                 raise ValueError(f"{flag} needs --dataset")
         return None
-    return load_clip_dataset(a.dataset, a.data_root, a.fold, a.frames, a.mafw_labels)
+    return load_clip_dataset(a.dataset, a.data_root, a.fold, a.frames, a.mafw_labels, caption_file=a.captions)
 
 
 __all__ = ["DATASETS", "MAFW_CLASSES", "DFEW_CLASSES", "ClipSet", "load_clip_dataset", "read_mafw", "read_dfew",
-           "read_ferv39k", "read_afew", "read_text_lines", "clip_record", "mafw_compound_labels",
+           "read_ferv39k", "read_afew", "read_text_lines", "read_caption_file", "clip_record", "mafw_compound_labels",
            "add_dataset_arguments", "clips_from_args"]

@@ -73,6 +73,22 @@ def test_mafw_wrong_encoding_names_file_line_and_entry(tmp_path):
         load_clip_dataset("mafw", tmp_path, fold=1)
 
 
+def test_mafw_captions_from_another_file(tmp_path):
+    _mafw(tmp_path)
+    en = tmp_path / "captions_en.txt"
+    en.write_bytes("00001.mp4\tA sad face, brows raised inside.\n00003\tA sneer.\n".encode("gbk"))
+    cs = load_clip_dataset("mafw", tmp_path, fold=1, caption_file=en)
+    assert [it.caption for it in cs.items["train"]] == ["A sad face, brows raised inside.",
+                                                        f"{CAPTION_EN} (00002.mp4)"]
+    assert cs.items["val"][0].caption == "A sneer."
+    en.write_bytes(b"00001.mp4\tA sad face.\n00002.mp4\tcaf\xe9\n")
+    with pytest.raises(ValueError, match=r"captions_en.txt:2: entry '00002.mp4': text is neither UTF-8 nor GBK"):
+        load_clip_dataset("mafw", tmp_path, fold=1, caption_file=en)
+    en.write_text("00001.mp4\n")
+    with pytest.raises(ValueError, match=r"captions_en.txt:1: entry '00001.mp4': expected"):
+        load_clip_dataset("mafw", tmp_path, fold=1, caption_file=en)
+
+
 def test_mafw_bad_rows(tmp_path):
     lists = _mafw(tmp_path, rows={"train": [("00001.mp4", "sadness"), ("00002.mp4", "boredom")],
                                   "test": [("00003.mp4", "fear")]})
