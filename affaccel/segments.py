@@ -16,6 +16,12 @@ float32, float16 and bfloat16 (torch's bfloat16 travels as raw 16-bit words) kee
 CUDA tensors, and tensors that require grad, take the torch implementations
 (``*_torch``: ``unfold`` / ``index_add_``), which are differentiable.
 
+Each public function first hands its arguments straight to the engine, which checks every
+shape, dtype and index itself (O(windows) work, none per frame in Python); only when the engine
+refuses a call (or is absent) does the Python code below run its own checks, which raise the
+worded ValueError, or take the general path (other dtypes, lists, torch tensors). So a call
+costs a few microseconds plus its work.
+
 Importing this module imports NumPy only; torch is imported when a torch path runs.
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ __all__ = [
     "overlap_average", "overlap_average_batch", "window_weights",
     "plan_windows_ref", "assemble_windows_ref", "assemble_windows_batch_ref",
     "gather_windows_ref", "overlap_average_ref", "overlap_average_batch_ref",
-    "assemble_windows_torch", "overlap_average_torch",
+    "assemble_windows_torch", "overlap_average_torch", "parallel_threshold", "set_parallel_threshold",
 ]
 
 WEIGHTINGS = ("uniform", "triangular", "hann")
@@ -180,6 +186,63 @@ def _preds_float(a: np.ndarray, kind: str) -> np.ndarray:
 
 def _use_ext() -> bool:
     return _ext.available()
+
+
+# Engine refusals: the slow path then checks again and raises the worded error (or handles it).
+_REFUSED = (ValueError, TypeError)
+_NAMED_WEIGHTS: dict = {}  # (window, name) -> read-only float32 weights (all but uniform)
+
+
+def _fast_weights(window: int, weighting: Any):
+    """Weights for the engine: None for uniform, a cached array for a named weighting, False
+    for anything else (an array is checked by window_weights on the general path)."""
+    if not isinstance(weighting, str):
+        return False
+    if weighting == "uniform":
+        return None
+    key = (window, weighting)
+    wts = _NAMED_WEIGHTS.get(key)
+    if wts is None:
+        if weighting not in WEIGHTINGS:
+            return False
+        if len(_NAMED_WEIGHTS) >= 64:
+            _NAMED_WEIGHTS.clear()
+        wts = window_weights(window, weighting)
+        wts.flags.writeable = False
+        _NAMED_WEIGHTS[key] = wts
+    return wts
+
+
+def _engine_torch_in(x: Any):
+    """(raw NumPy view, torch dtype) of a CPU tensor the engine reads; None otherwise."""
+    if not _is_torch(x) or x.device.type != "cpu" or x.requires_grad:
+        return None
+    return _torch_raw(x), x.dtype
+
+
+def _torch_windows(windows: np.ndarray, mask: np.ndarray, dtype):
+    import torch
+
+    return _raw_to_torch(windows, dtype), torch.from_numpy(mask)
+
+
+def parallel_threshold() -> int:
+    """Bytes of work per thread from which the C++ engine uses its thread pool (below, a call
+    runs on the calling thread alone). Needs the extension."""
+    return _ext.load().parallel_min_bytes()
+
+
+def set_parallel_threshold(nbytes: int) -> int:
+    """Set :func:`parallel_threshold` for this process (0: the pool whenever a call has two
+    work items; a huge value: never); returns the previous value. The default was measured on
+    a 2-core machine (docs/segments.md); ``AFFACCEL_NUM_THREADS`` still caps the thread count."""
+    n = _int(nbytes, "nbytes")
+    if n < 0:
+        raise ValueError(f"nbytes must be >= 0, got {n}")
+    C = _ext.load()
+    old = C.parallel_min_bytes()
+    C.set_parallel_min_bytes(n)
+    return old
 
 
 # ------------------------------------------------------------------------------- planning
@@ -345,6 +408,12 @@ def gather_windows(features: Sequence[Any], index: Any, window: int = 300):
     ``0 <= start < T_video``. Returns ``(windows [B, window, D], mask [B, window] bool)``;
     frames past the end of a video are zero with mask False.
     """
+    if type(index) is np.ndarray and type(window) is int and type(features) in (list, tuple) \
+            and _use_ext():
+        try:
+            return _ext.load().gather_windows(features, index, window)
+        except _REFUSED:
+            pass  # torch tensors, other index dtypes, or an error worded below
     w = _check_window(window)
     arrays, torch_dtype = _features_list(features)
     idx = _check_index(index, [a.shape[0] for a in arrays])
@@ -395,16 +464,26 @@ def assemble_windows_batch(features: Any, window: int = 300, stride: int = 200,
     ``(windows [N, window, D], mask [N, window] bool, index [N, 2] int64 (video, start))``;
     windows are in video order, each video's in plan order (:func:`plan_windows`).
     """
+    ints = type(window) is int and type(stride) is int
+    if offsets is None and ints and type(features) in (list, tuple) and _use_ext():
+        try:
+            return _ext.load().assemble_windows_batch(features, window, stride)
+        except _REFUSED:
+            pass  # torch tensors, or an error worded below
     w, s = _check_window_stride(window, stride)
     if offsets is None:
         arrays, torch_dtype = _features_list(features)
     else:
         arrays, torch_dtype = _split_offsets(features, offsets)
-    idx = _plan_index([a.shape[0] for a in arrays], w, s)
-    windows, mask = _gather(arrays, idx, w, torch_dtype)
+    if _use_ext():  # checked above: plan, allocate and fill in one call
+        windows, mask, idx = _ext.load().assemble_windows_batch(arrays, w, s, env.num_threads())
+    else:
+        idx = _plan_index([a.shape[0] for a in arrays], w, s)
+        windows, mask = _gather(arrays, idx, w, None)
     if torch_dtype is not None:
         import torch
 
+        windows, mask = _torch_windows(windows, mask, torch_dtype)
         idx = torch.from_numpy(idx)
     return windows, mask, idx
 
@@ -417,6 +496,15 @@ def assemble_windows(features: Any, window: int = 300, stride: int = 200):
     mask False. CUDA tensors and tensors that require grad go through
     :func:`assemble_windows_torch`.
     """
+    if type(window) is int and type(stride) is int and _use_ext():
+        raw = features if type(features) is np.ndarray else _engine_torch_in(features)
+        if raw is not None:
+            try:
+                if type(raw) is np.ndarray:
+                    return _ext.load().assemble_windows(raw, window, stride)
+                return _torch_windows(*_ext.load().assemble_windows(raw[0], window, stride), raw[1])
+            except _REFUSED:
+                pass  # an error, worded below
     if _wants_torch_path(features):
         return assemble_windows_torch(features, window, stride)
     w, s = _check_window_stride(window, stride)
@@ -508,6 +596,42 @@ def plan_windows_batch(n_frames: Sequence[int], window: int = 300, stride: int =
     return _plan_index(lengths, w, s)
 
 
+_ENGINE_KINDS: dict = {}  # torch dtype -> bf16 flag, filled on the first torch call
+
+
+def _average_fast(window_preds: Any, index: Any, n_frames: Any, weighting: Any, ndim: int):
+    """The engine's (out [sum T_v, K] float32, torch dtype or None) straight from the arguments
+    (index: starts [N] for ndim 1, (video, start) [N, 2] for ndim 2), or None when the general
+    path must run (a dtype to convert, an error to word, an uncovered frame)."""
+    if type(window_preds) is np.ndarray:
+        raw, bf16, tdt = window_preds, False, None
+    else:
+        t = _engine_torch_in(window_preds)
+        if t is None:
+            return None
+        if not _ENGINE_KINDS:
+            import torch
+
+            _ENGINE_KINDS.update({torch.float32: False, torch.float16: False, torch.bfloat16: True})
+        (raw, tdt), bf16 = t, _ENGINE_KINDS.get(t[1])
+        if bf16 is None:
+            return None
+    if raw.ndim != 3:
+        return None
+    wts = _fast_weights(raw.shape[1], weighting)
+    if wts is False:
+        return None
+    if type(index) is not np.ndarray:
+        index = index.detach().cpu().numpy() if _is_torch(index) else np.asarray(index)
+    if index.ndim != ndim:
+        return None
+    try:
+        out, row = _ext.load().average(raw, bf16, index, n_frames, wts)
+    except _REFUSED:
+        return None
+    return None if row >= 0 else (out, tdt)
+
+
 def overlap_average_batch(window_preds: Any, index: Any, n_frames: Sequence[int],
                           weighting: Any = "uniform") -> list:
     """Per-frame predictions of many videos from their windows' predictions.
@@ -518,6 +642,11 @@ def overlap_average_batch(window_preds: Any, index: Any, n_frames: Sequence[int]
     ``[T_v, K]`` float32 (NumPy, or torch for torch input; views into one buffer).
     Window positions past the end of a video are ignored.
     """
+    fast = None
+    if type(n_frames) in (list, tuple, np.ndarray) and _use_ext():
+        fast = _average_fast(window_preds, index, n_frames, weighting, 2)
+    if fast is not None:
+        return _split_frames(fast[0], n_frames, fast[1])
     if _wants_torch_path(window_preds):
         import torch
 
@@ -565,12 +694,29 @@ def overlap_average(window_preds: Any, starts: Any, n_frames: int,
     covering it (weights :func:`window_weights`); positions past ``n_frames`` (padding) never
     count. A frame no window covers raises ValueError.
     """
+    if type(n_frames) is int and _use_ext():
+        fast = _average_fast(window_preds, starts, n_frames, weighting, 1)
+        if fast is not None:
+            return fast[0] if fast[1] is None else _split_frames(fast[0], [n_frames], fast[1])[0]
     if _wants_torch_path(window_preds):
         return overlap_average_torch(window_preds, starts, n_frames, weighting)
     n = _check_n_frames(n_frames)
     st = _check_starts(starts, n)
     idx = np.stack([np.zeros_like(st), st], axis=1)
     return overlap_average_batch(window_preds, idx, [n], weighting)[0]
+
+
+def _split_frames(out: np.ndarray, n_frames: Any, torch_dtype: Any) -> list:
+    """Views of out [sum T_v, K], one per video (torch tensors for torch input)."""
+    outs, a = [], 0
+    for n in n_frames:
+        outs.append(out[a:a + n])
+        a += n
+    if torch_dtype is not None:
+        import torch
+
+        outs = [torch.from_numpy(o) for o in outs]
+    return outs
 
 
 def _check_starts(starts: Any, n: int) -> np.ndarray:

@@ -12,6 +12,16 @@ measurement is appended to bench/results/segments_cpu.csv (CPU, torch version, c
 
     python bench/bench_segments.py            # full size (about 2.5 GB of memory)
     python bench/bench_segments.py --quick
+    python bench/bench_segments.py --sweep    # one video, 1 to 200k frames (issue 17)
+    python bench/bench_segments.py --threshold  # 1 vs 2 threads by work size
+
+``--sweep`` times the public calls (Python wrapper included) on one video of 1 to 200,000
+frames against the NumPy slice references below (``numpy_slice_average``,
+``numpy_slice_assemble``: one slice add or copy per window, the plain NumPy a user would
+write) and against a memcpy (``np.copyto`` into a new buffer) of the bytes assembly writes:
+averaging for K = 2, 8, 12 float32 outputs, assembly for D = 512 and 768 float16 features.
+Rows go to bench/results/segments_sweep_cpu.csv. ``--threshold`` times both calls with the
+thread pool forced off and on, to place the engine's parallel_min_bytes.
 """
 from __future__ import annotations
 
@@ -36,6 +46,11 @@ from affaccel.io_utils import atomic_write_text  # noqa: E402
 from _machine import cpu_model, git_commit, interleaved  # noqa: E402
 
 CSV_PATH = ROOT / "bench" / "results" / "segments_cpu.csv"
+SWEEP_CSV = ROOT / "bench" / "results" / "segments_sweep_cpu.csv"
+SWEEP_FRAMES = (1, 100, 299, 300, 301, 1000, 3000, 10000, 50000, 200000)
+SWEEP_FIELDS = ["date", "commit", "cpu", "cores", "loadavg", "numpy", "op", "frames", "param",
+                "windows", "bytes", "repeats", "cxx_us", "numpy_us", "memcpy_us", "speedup",
+                "vs_memcpy"]
 FIELDS = ["date", "commit", "cpu", "cores", "torch", "numpy", "op", "impl", "threads", "videos",
           "frames", "dim", "dtype", "window", "stride", "k", "bytes", "median_s", "min_s",
           "repeats", "cpu_s", "gb_per_s", "vs_baseline", "vs_baseline_cpu", "baseline"]
@@ -200,6 +215,154 @@ def print_table(cases: list[dict], meta: dict, weighting: str) -> None:
               f"{c['vs_cpu']:>10.2f}  {c['baseline']}")
 
 
+# ------------------------------------------------------------------ sweep (one video)
+
+
+def numpy_slice_average(preds: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """Plain NumPy overlap average (uniform weights): one slice add per window into a float32
+    sum and a count, then one division. The baseline of the sweep: float32 sums make it faster
+    than the library's float64 reference (S.overlap_average_ref), so speed-ups over it are the
+    conservative ones. Agrees with the engine to float32 rounding."""
+    w, k = preds.shape[1], preds.shape[2]
+    acc = np.zeros((n, k), np.float32)
+    cnt = np.zeros((n, 1), np.float32)
+    for i, s in enumerate(starts.tolist()):
+        e = min(s + w, n)
+        acc[s:e] += preds[i, :e - s]
+        cnt[s:e] += 1
+    acc /= cnt
+    return acc
+
+
+def numpy_slice_assemble(x: np.ndarray, starts: np.ndarray, w: int):
+    """Plain NumPy window assembly: zeroed outputs, one slice copy per window."""
+    n = x.shape[0]
+    out = np.zeros((len(starts), w, x.shape[1]), x.dtype)
+    mask = np.zeros((len(starts), w), bool)
+    for i, s in enumerate(starts.tolist()):
+        e = min(s + w, n)
+        out[i, :e - s] = x[s:e]
+        mask[i, :e - s] = True
+    return out, mask
+
+
+def _repeats(nbytes: int, budget: int) -> int:
+    """Timed runs for a case touching nbytes: many for tiny calls (medians of microseconds),
+    fewer for large ones; ``budget`` scales the whole sweep (--repeats)."""
+    return int(max(budget, min(400 * budget // 7, 3e9 // max(nbytes, 1) // 7 * budget)))
+
+
+def sweep_average(n: int, k: int, budget: int) -> dict:
+    starts = S.plan_windows(n)
+    preds = np.random.default_rng(n + k).standard_normal((len(starts), 300, k), dtype=np.float32)
+    got = S.overlap_average(preds, starts, n)
+    np.testing.assert_array_equal(got, S.overlap_average_ref(preds, starts, n))  # same bits
+    np.testing.assert_allclose(got, numpy_slice_average(preds, starts, n), rtol=1e-5, atol=1e-6)
+    reps = _repeats(preds.nbytes, budget)
+    c, r = interleaved([lambda: S.overlap_average(preds, starts, n),
+                        lambda: numpy_slice_average(preds, starts, n)], reps, warmup=3)
+    return dict(op="average", frames=n, param=f"K={k}", windows=len(starts), bytes=preds.nbytes,
+                repeats=reps, cxx=c.median, numpy=r.median, memcpy=float("nan"))
+
+
+def sweep_assemble(n: int, d: int, budget: int) -> dict:
+    x = np.random.default_rng(n + d).standard_normal((n, d), dtype=np.float32).astype(np.float16)
+    starts = S.plan_windows(n)
+    windows, mask = S.assemble_windows(x)
+    ref_w, ref_m = numpy_slice_assemble(x, starts, 300)
+    assert np.array_equal(windows, ref_w) and np.array_equal(mask, ref_m)
+    written = np.empty(windows.nbytes + mask.nbytes, np.uint8)  # the bytes assembly writes
+    del windows, mask, ref_w, ref_m
+    reps = _repeats(written.nbytes, budget)
+    c, r, m = interleaved([lambda: S.assemble_windows(x), lambda: numpy_slice_assemble(x, starts, 300),
+                           lambda: np.copyto(np.empty_like(written), written)], reps, warmup=3)
+    return dict(op="assemble", frames=n, param=f"D={d}", windows=len(starts), bytes=written.nbytes,
+                repeats=reps, cxx=c.median, numpy=r.median, memcpy=m.median)
+
+
+def run_sweep(args) -> int:
+    load0 = open("/proc/loadavg").read().split()[:3]
+    rows = []
+    for n in args.frames:
+        for k in (2, 8, 12):
+            rows.append(sweep_average(n, k, args.repeats))
+        for d in (512, 768):
+            rows.append(sweep_assemble(n, d, args.repeats))
+        r = rows[-1]
+        print(f"  {n} frames done (assemble D=768: C++ {r['cxx'] * 1e6:.1f} us)", flush=True)
+    load1 = open("/proc/loadavg").read().split()[:3]
+    meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git_commit("csrc", "affaccel/segments.py"), "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)), "numpy": np.__version__,
+            "loadavg": f"{load0[0]}->{load1[0]}"}
+    for r in rows:
+        r["speedup"] = r["numpy"] / r["cxx"]
+        r["vs_memcpy"] = r["cxx"] / r["memcpy"] if r["op"] == "assemble" else float("nan")
+    if not args.no_csv:
+        write_sweep_csv(SWEEP_CSV, rows, meta)
+    print(f"\n{meta['cpu']} ({meta['cores']} cores), numpy {meta['numpy']}, commit {meta['commit']}, "
+          f"{meta['date']}; load average {' '.join(load0)} before, {' '.join(load1)} after")
+    print("One video, w=300 s=200; median us of interleaved runs, public call (wrapper included). "
+          "speed-up = NumPy slice time / C++ time; vs memcpy = C++ time / memcpy of the bytes written.")
+    print(f"{'op':<9}{'frames':>7}{'param':>7}{'windows':>8}{'C++ us':>10}{'NumPy us':>10}"
+          f"{'memcpy us':>10}{'speed-up':>9}{'vs memcpy':>10}")
+    for r in rows:
+        mc = f"{r['memcpy'] * 1e6:>10.1f}" if r["op"] == "assemble" else f"{'':>10}"
+        vm = f"{r['vs_memcpy']:>10.2f}" if r["op"] == "assemble" else f"{'':>10}"
+        print(f"{r['op']:<9}{r['frames']:>7}{r['param']:>7}{r['windows']:>8}{r['cxx'] * 1e6:>10.1f}"
+              f"{r['numpy'] * 1e6:>10.1f}{mc}{r['speedup']:>9.2f}{vm}")
+    return 0
+
+
+def write_sweep_csv(path: Path, rows: list[dict], meta: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS)
+    old_text = path.read_text() if path.exists() else ""
+    if not old_text:
+        writer.writeheader()
+    for r in rows:
+        writer.writerow({**meta, **{k: r[k] for k in ("op", "frames", "param", "windows", "bytes",
+                                                       "repeats")},
+                         "cxx_us": f"{r['cxx'] * 1e6:.2f}", "numpy_us": f"{r['numpy'] * 1e6:.2f}",
+                         "memcpy_us": f"{r['memcpy'] * 1e6:.2f}", "speedup": f"{r['speedup']:.3f}",
+                         "vs_memcpy": f"{r['vs_memcpy']:.3f}"})
+    atomic_write_text(path, old_text + buf.getvalue())
+
+
+def run_threshold(args) -> int:
+    """1 thread vs the pool (threshold 0) on one video, by work size: where 2 threads start to
+    pay is where parallel_min_bytes belongs (per thread: half the work at the crossover)."""
+    C = _ext.load()
+    keep = C.parallel_min_bytes()
+    print(f"load average {open('/proc/loadavg').read().split()[:3]}; engine default "
+          f"parallel_min_bytes = {keep}")
+    print(f"{'op':<9}{'frames':>7}{'work MB':>9}{'1 thr us':>10}{'pool us':>10}{'pool gain':>10}")
+    try:
+        for n in (3000, 10000, 30000, 50000, 100000, 200000):
+            starts = S.plan_windows(n)
+            preds = np.random.default_rng(n).standard_normal((len(starts), 300, 12), dtype=np.float32)
+            x = np.random.default_rng(n).standard_normal((n, 768), dtype=np.float32).astype(np.float16)
+            cases = {"average": (lambda: S.overlap_average(preds, starts, n),
+                                 preds.nbytes + n * 48),
+                     "assemble": (lambda: S.assemble_windows(x), len(starts) * 300 * 768 * 2)}
+            for op, (fn, work) in cases.items():
+                def one():
+                    C.set_parallel_min_bytes(1 << 62)
+                    fn()
+
+                def pool():
+                    C.set_parallel_min_bytes(0)
+                    fn()
+                reps = _repeats(work, args.repeats)
+                a, b = interleaved([one, pool], reps, warmup=2)
+                print(f"{op:<9}{n:>7}{work / 1e6:>9.1f}{a.median * 1e6:>10.1f}{b.median * 1e6:>10.1f}"
+                      f"{a.median / b.median:>10.2f}", flush=True)
+    finally:
+        C.set_parallel_min_bytes(keep)
+    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+    return 0
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=64)
@@ -212,6 +375,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--weighting", default="uniform", choices=S.WEIGHTINGS)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="small size, for a smoke run")
+    ap.add_argument("--sweep", action="store_true", help="one video, 1 to 200k frames, vs NumPy")
+    ap.add_argument("--frames", type=int, nargs="+", default=list(SWEEP_FRAMES),
+                    help="frame counts of --sweep")
+    ap.add_argument("--threshold", action="store_true", help="1 thread vs the pool by size")
     ap.add_argument("--csv", type=Path, default=CSV_PATH)
     ap.add_argument("--no-csv", action="store_true", help="do not append to the CSV")
     args = ap.parse_args(argv)
@@ -223,6 +390,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.sweep:
+        return run_sweep(args)
+    if args.threshold:
+        return run_threshold(args)
 
     import torch
 
