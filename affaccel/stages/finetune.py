@@ -152,13 +152,15 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return expr_metrics(np.asarray(y_pred), np.asarray(y_true))["f1_macro"]
 
 
-def _loader(paths, labels, batch_size, encoder, device, train, cfg, seed, shard_id=0, num_shards=1):
+def _loader(paths, labels, batch_size, encoder, device, train, cfg, seed, shard_id=0, num_shards=1,
+            prefetch=True):
     from affaccel.video.frames import FrameLoader
 
     return FrameLoader(paths, labels=labels, batch_size=batch_size, image_size=encoder.image_size,
                        mean=encoder.mean, std=encoder.std, device=str(device),
                        train=train, augment=train and cfg.augment, seed=seed, shard_id=shard_id,
-                       num_shards=num_shards, num_threads=cfg.num_threads, backend=cfg.backend)
+                       num_shards=num_shards, num_threads=cfg.num_threads, backend=cfg.backend,
+                       prefetch=prefetch)
 
 
 def evaluate(model, paths: list[str], labels: np.ndarray, cfg: FinetuneConfig, device,
@@ -348,20 +350,24 @@ def _expr_weight(cfg: FinetuneConfig, train_y: np.ndarray, dev):
 
 
 def _validate_epoch(model, frames: _Frames, cfg, dev, micro, epoch, train_loss, t0, state, out: Path,
-                    opt, progress) -> None:
-    """Rank 0: validation scores, the history row, best.pt (best score) and last.pt."""
+                    opt, progress, speed=None) -> None:
+    """Rank 0: validation scores, the history row (with the training pass's Throughput
+    ``speed``: frames_per_s, mfu), best.pt (best score) and last.pt."""
     val = evaluate(model, frames.val_paths, frames.val_y, cfg, dev, micro * 2)
     state["val_f1"], state["val_score"] = val["macro_f1"], val["score"]
     row = {"epoch": epoch, "step": state["step"], "train_loss": train_loss,
            "val_macro_f1": val["macro_f1"], "val_accuracy": val["accuracy"],
            "val_loss": val["loss"], "val_frames": val["n"],
            **{f"val_{k}": val[k] for k in ("va_ccc_mean", "au_f1_macro") if k in val},
-           "val_score": val["score"], "seconds": round(time.time() - t0, 2)}
+           "val_score": val["score"], "seconds": round(time.time() - t0, 2),
+           **(speed.row() if speed is not None else {})}
     state["history"].append(row)
     log.info("epoch %d: %s", epoch, json.dumps(row))
     if progress:
         extra = "".join(f"  {name} {val[k]:.4f}" for k, name in
                         (("va_ccc_mean", "val VA CCC"), ("au_f1_macro", "val AU F1")) if k in val)
+        if speed is not None:
+            extra += f"  {row['frames_per_s']:.1f} frames/s  MFU {100 * row['mfu']:.2f}%"
         print(f"epoch {epoch}: train loss {train_loss:.4f}  val macro F1 {val['macro_f1']:.4f}  "
               f"acc {val['accuracy']:.4f}{extra}", flush=True)
     best_path = out / "best.pt"
@@ -374,7 +380,7 @@ def _validate_epoch(model, frames: _Frames, cfg, dev, micro, epoch, train_loss, 
 
 
 def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path = "runs/finetune",
-             device: str = "cpu", resume: bool = False, progress: bool = True) -> Path:
+             device: str = "cpu", resume: bool = False, progress: bool = True, prefetch: bool = True) -> Path:
     """Fine-tune and return the path of the best checkpoint (``out_dir/best.pt``).
 
     Args:
@@ -383,6 +389,9 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
         cfg: FinetuneConfig (default: the paper's settings).
         device: "cpu" or "cuda"; under torchrun each rank takes its LOCAL_RANK GPU.
         resume: continue from ``out_dir/last.pt`` when it exists.
+        prefetch: on CUDA with the reference frame backend, decode the next batch while the
+            current one trains and copy it through pinned memory (FrameLoader's ``prefetch``).
+    Each history row has the training pass's ``frames_per_s`` and ``mfu`` (affaccel.stages.mfu).
     """
     import torch
     import torch.distributed as tdist
@@ -410,6 +419,7 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
         if opt_state is not None:
             opt.load_state_dict(opt_state)
         weight = _expr_weight(cfg, frames.train_y, dev)
+        state.update(prefetch=prefetch, **_measure(model, dev, info.is_main))
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / "config.json", {"finetune": to_dict(cfg), "device": str(dev),
@@ -426,13 +436,13 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break
             t0 = time.time()
-            train_loss = _train_epoch(ddp, model, opt, frames.train_paths, frames.train_y, cfg, dev,
-                                      epoch, micro, accum, micro_per_epoch, weight, info, state, progress)
+            train_loss, speed = _train_epoch(ddp, model, opt, frames.train_paths, frames.train_y, cfg, dev,
+                                             epoch, micro, accum, micro_per_epoch, weight, info, state, progress)
             state["epoch"] = epoch
             state["epoch_complete"] = not (cfg.max_steps and state["step"] >= cfg.max_steps)
             if info.is_main:
                 _validate_epoch(model, frames, cfg, dev, micro, epoch, train_loss, t0, state, out, opt,
-                                progress)
+                                progress, speed)
             dist.barrier()
         return out / "best.pt"
     finally:
@@ -440,14 +450,33 @@ def finetune(data=None, cfg: FinetuneConfig | None = None, out_dir: str | Path =
             dist.cleanup()
 
 
+def _measure(model, dev, is_main: bool) -> dict:
+    """Run-time state of the MFU figures: the model FLOPs of one training frame (forward +
+    backward, counted on fake tensors) and, on rank 0, the device's measured peak FLOP/s in the
+    encoder's precision (affaccel.stages.mfu). Touches no weight and no random stream."""
+    import torch
+
+    from affaccel.device import resolve_precision
+    from affaccel.stages import mfu
+
+    size = model.encoder.image_size
+    flops = mfu.train_flops(model, [((1, 3, size, size), torch.float32)])
+    kind = mfu.peak_kind(dev, resolve_precision(model.encoder.config.precision, dev))
+    return {"flops_per_frame": float(flops), "peak": mfu.peak_flops(dev, kind) if is_main else 0.0}
+
+
 def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, micro_per_epoch,
-                 weight, info, state, progress) -> float:
-    """One pass over this rank's shard; returns the mean training loss of its micro-batches."""
+                 weight, info, state, progress):
+    """One pass over this rank's shard; returns (the mean training loss of its micro-batches,
+    the pass's Throughput)."""
     import torch
     from tqdm.auto import tqdm
 
+    from affaccel.stages.mfu import Throughput
+
+    t0 = time.perf_counter()
     loader = _loader(paths, labels, micro, model.encoder, dev, True, cfg, seed=cfg.seed,
-                     shard_id=info.rank, num_shards=info.world_size)
+                     shard_id=info.rank, num_shards=info.world_size, prefetch=state.get("prefetch", True))
     loader.set_epoch(epoch)  # the epoch picks the shuffle and augmentation streams (resumable)
     bar = tqdm(total=micro_per_epoch, desc=f"finetune epoch {epoch}", unit="batch",
                disable=not (progress and info.is_main))
@@ -455,14 +484,17 @@ def _train_epoch(ddp, model, opt, paths, labels, cfg, dev, epoch, micro, accum, 
     # fork, so a resumed run repeats an uninterrupted one and the caller's RNG is left alone
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + info.rank)
-        losses = _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum,
-                                    micro_per_epoch, state, bar)
+        losses, n_frames = _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum,
+                                              micro_per_epoch, state, bar)
     i = len(losses)
     bar.close()
     if i < micro_per_epoch and not (cfg.max_steps and state["step"] >= cfg.max_steps):
         raise RuntimeError(f"rank {info.rank}: the frame loader gave {i} batches, expected "
                            f"{micro_per_epoch}")
-    return float(torch.stack(losses).float().mean()) if losses else float("nan")
+    mean = float(torch.stack(losses).float().mean()) if losses else float("nan")  # waits for the device
+    speed = Throughput(n_frames * info.world_size, time.perf_counter() - t0, state.get("flops_per_frame", 0.0),
+                       state.get("peak", 0.0), info.world_size)
+    return mean, speed
 
 
 def _mask_undecoded(batch):
@@ -479,16 +511,16 @@ def _mask_undecoded(batch):
 
 
 def _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum, micro_per_epoch, state,
-                       bar) -> list:
+                       bar) -> tuple[list, int]:
     """Forward/backward over the loader's micro-batches, an optimizer step per ``accum`` of
-    them; returns the detached losses."""
+    them; returns (the detached losses, the number of frames trained on)."""
     import contextlib
 
     import torch
 
     from affaccel.device import autocast
 
-    losses, i = [], 0
+    losses, i, n_frames = [], 0, 0
     opt.zero_grad(set_to_none=True)
     for batch in loader:
         if i >= micro_per_epoch or (cfg.max_steps and state["step"] >= cfg.max_steps):
@@ -504,6 +536,7 @@ def _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum, micro_p
                                      cfg.label_smoothing)
             (loss / group_len).backward()
         losses.append(loss.detach())
+        n_frames += int(batch["images"].shape[0])
         if group_end:
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, state["step"], state["total_steps"])
@@ -516,4 +549,4 @@ def _run_micro_batches(ddp, model, opt, loader, cfg, weight, dev, accum, micro_p
         bar.update(1)
         if i % 10 == 1 and not bar.disable:   # reading the loss back syncs with the device
             bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
-    return losses
+    return losses, n_frames

@@ -188,6 +188,9 @@ class _Run:
     scheduler: Any
     weight: Any
     steps: int
+    flops_per_window: float = 0.0   # model FLOPs of one training window, forward + backward
+    peak: float = 0.0               # measured peak FLOP/s of the device (rank 0; 0 elsewhere)
+    prefetch: bool = True           # next batch pinned + non_blocking copy on a side stream (CUDA)
 
     @property
     def main(self) -> bool:
@@ -225,15 +228,34 @@ def _setup(cfg: TrainConfig, train_seqs, val_seqs, run_dir: Path) -> _Run:
                 optimizer, scheduler, weight.to(device) if weight is not None else None, steps)
 
 
-def _train_epoch(run: _Run, epoch: int, progress: bool) -> float:
-    """One pass over this rank's windows; returns the mean training loss."""
+def _measure(run: _Run) -> None:
+    """FLOPs of a training window (counted once on fake tensors) and, on rank 0, the device's
+    measured peak (affaccel.stages.mfu); neither touches the weights or the random streams."""
+    import torch
+
+    from affaccel.stages import mfu
+
+    w = run.cfg.window.window
+    run.flops_per_window = mfu.train_flops(run.model, [((1, w, run.train_set.feature_dim), torch.float32),
+                                                       ((1, w), torch.bool)])
+    if run.main:  # the model trains in fp32 (no autocast)
+        run.peak = mfu.peak_flops(run.device, mfu.peak_kind(run.device, "fp32"))
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool):
+    """One pass over this rank's windows; returns (mean training loss, its Throughput)."""
     import torch
     from tqdm.auto import tqdm
 
+    from affaccel.data.prefetch import prefetch
+    from affaccel.stages.mfu import Throughput
+
     cfg, device = run.cfg, run.device
     run.ddp_model.train()
-    losses = []
-    bar = tqdm(run.train_set.batches(cfg.batch_size, epoch, cfg.seed, True, run.rank, run.world),
+    losses, windows = [], 0
+    t0 = time.perf_counter()
+    batches = run.train_set.batches(cfg.batch_size, epoch, cfg.seed, True, run.rank, run.world)
+    bar = tqdm(prefetch(batches, device, run.prefetch),
                total=run.steps, desc=f"{cfg.task} epoch {epoch + 1}/{cfg.epochs}",
                disable=not (progress and run.main), leave=False, mininterval=1.0)
     # dropout draws from the global generator: seeded per (seed, epoch, rank) inside a fork, so
@@ -241,9 +263,9 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> float:
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed * 100003 + epoch * 1009 + run.rank)
-        for i, (_, b) in enumerate(bar):
-            out = run.ddp_model(b.x.to(device), b.frames.to(device))
-            loss = task_loss(cfg.task, out, b.target.to(device), b.valid.to(device), run.weight)
+        for i, (_, b) in enumerate(bar):   # b: on the device already
+            out = run.ddp_model(b.x, b.frames)
+            loss = task_loss(cfg.task, out, b.target, b.valid, run.weight)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -251,19 +273,26 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> float:
             run.optimizer.step()
             run.scheduler.step()
             losses.append(loss.detach())
+            windows += b.x.shape[0]
             if progress and i % 10 == 0:   # reading the loss back syncs with the device
                 bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
-    return float(torch.stack(losses).float().mean()) if losses else float("nan")
+    mean = float(torch.stack(losses).float().mean()) if losses else float("nan")  # waits for the device
+    w = cfg.window.window
+    speed = Throughput(windows * w * run.world, time.perf_counter() - t0, run.flops_per_window / w, run.peak,
+                       run.world)
+    return mean, speed
 
 
-def _end_epoch(run: _Run, epoch: int, train_loss: float, seconds: float, state: dict) -> tuple[dict, float]:
+def _end_epoch(run: _Run, epoch: int, train_loss: float, seconds: float, state: dict,
+               speed=None) -> tuple[dict, float]:
     """Validate, keep best.pt / last.pt; returns (the epoch's history row, its validation
-    score). Rank 0 only."""
+    score). ``speed``: the training pass's Throughput (frames_per_s, mfu). Rank 0 only."""
     cfg = run.cfg
     metrics = evaluate(run.model, run.val_set, cfg.batch_size, run.device, cfg.averaging)
     score = headline(cfg.task, metrics)
     row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": run.scheduler.get_last_lr()[0],
-           "epoch_seconds": seconds, **{f"val_{k}": v for k, v in metrics.items()}}
+           "epoch_seconds": seconds, **(speed.row() if speed is not None else {}),
+           **{f"val_{k}": v for k, v in metrics.items()}}
     state["history"].append(row)
     if score > state["best"]["score"]:
         state["best"] = {"score": score, "epoch": epoch + 1, "metrics": metrics}
@@ -309,7 +338,7 @@ def _resume_state(run: _Run, resume: bool) -> tuple[int, dict]:
 
 def train(cfg: TrainConfig, train_seqs: Sequence, val_seqs: Sequence, run_dir: str | Path,
           resume: bool = False, on_epoch_end: Callable[[int, dict], None] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, prefetch: bool = True) -> TrainResult:
     """Train one task's temporal model; validate every epoch; keep best.pt and last.pt.
 
     ``resume=True`` continues from ``run_dir/last.pt`` (model, optimizer, scheduler, epoch,
@@ -317,13 +346,20 @@ def train(cfg: TrainConfig, train_seqs: Sequence, val_seqs: Sequence, run_dir: s
     reaches the same result as an uninterrupted one. ``on_epoch_end(epoch, row)`` is called on
     rank 0 after each epoch's checkpoint is written. Under torchrun each rank trains on its
     shard of the windows (DDP); rank 0 validates and writes. ``cfg`` is not modified; the
-    result's config is the one the run used (with the features' ``in_dim``).
+    result's config is the one the run used (with the features' ``in_dim``). Each history row
+    also has the training pass's ``frames_per_s`` (window frames through forward + backward, all
+    ranks) and ``mfu`` (their model FLOP/s over the device's measured peak, affaccel.stages.mfu).
+    ``prefetch``: on CUDA, the next batch goes to the device through pinned memory on a side
+    stream while the current step runs (affaccel.data.prefetch); the numbers are the same
+    either way.
     """
     from tqdm.auto import tqdm
 
     from affaccel import distributed
 
     run = _setup(cfg, train_seqs, val_seqs, Path(run_dir))
+    run.prefetch = prefetch
+    _measure(run)
     if run.main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         io_utils.atomic_write_json(run.run_dir / "config.json", to_dict(run.cfg))
@@ -331,13 +367,14 @@ def train(cfg: TrainConfig, train_seqs: Sequence, val_seqs: Sequence, run_dir: s
     log = RunLog(run.run_dir, run.main)
     for epoch in range(start, run.cfg.epochs):
         t0 = time.perf_counter()
-        loss = _train_epoch(run, epoch, progress)
+        loss, speed = _train_epoch(run, epoch, progress)
         if run.main:
-            row, score = _end_epoch(run, epoch, loss, time.perf_counter() - t0, state)
+            row, score = _end_epoch(run, epoch, loss, time.perf_counter() - t0, state, speed)
             log.epoch(state["history"])
             if progress:
                 tqdm.write(f"[{run.cfg.task}] epoch {epoch + 1}/{run.cfg.epochs} loss {loss:.4f} "
-                           f"val {run.cfg.task} {score:.4f} ({row['epoch_seconds']:.1f}s)")
+                           f"val {run.cfg.task} {score:.4f} ({row['epoch_seconds']:.1f}s, "
+                           f"{row['frames_per_s']:.0f} frames/s, MFU {100 * row['mfu']:.2f}%)")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
         distributed.barrier()

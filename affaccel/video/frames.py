@@ -344,13 +344,18 @@ class FrameLoader:
     then ``colour_jitter``).
     augment: None follows ``train``; False gives shuffled training batches without augmentation.
     backend: "dali", "reference" / "pil" (PIL/NumPy) or "auto" (DALI when importable).
+    prefetch: with the reference backend and a CUDA device, each batch (images and labels) is
+    decoded one batch ahead and copied from pinned memory with ``non_blocking`` on a side
+    stream (``affaccel.data.prefetch``) while the caller works on the current one; the
+    batches are the same. DALI prefetches on its own (``prefetch_queue_depth=2``, decoding on
+    the GPU); on the CPU there is nothing to copy.
     """
 
     def __init__(self, paths: Sequence[str], labels=None, batch_size: int = 256,
                  image_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD, device: str = "cpu",
                  train: bool = False, seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                  dtype=None, num_threads: int = 2, backend: str = "auto",
-                 drop_last: bool = False, augment: bool | None = None):
+                 drop_last: bool = False, augment: bool | None = None, prefetch: bool = True):
         import torch
 
         self.paths = [os.fspath(p) for p in paths]
@@ -386,6 +391,7 @@ class FrameLoader:
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.dtype = _torch_dtype(dtype if dtype is not None else torch.float32)
         self.num_threads = int(num_threads)
+        self.prefetch = bool(prefetch)
         self.epoch = 0
         self.bad: dict[str, str] = {}   # undecodable files seen so far: path -> reason
 
@@ -413,7 +419,9 @@ class FrameLoader:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _finish(self, images, index: np.ndarray, jitter=None, ok=None) -> dict:
+    def _finish(self, images, index: np.ndarray, jitter=None, ok=None, labels=None) -> dict:
+        """The batch dict; ``labels``: this batch's labels already on the device (else taken
+        from ``self.labels`` here)."""
         import torch
 
         if jitter is not None:
@@ -421,7 +429,9 @@ class FrameLoader:
         ok = np.ones(len(index), bool) if ok is None else ok
         out = {"images": images.to(self.dtype), "index": torch.from_numpy(index),
                "ok": torch.from_numpy(ok)}
-        if self.labels is not None:
+        if labels is not None:
+            out["labels"] = labels
+        elif self.labels is not None:
             out["labels"] = torch.as_tensor(self.labels[index]).to(self.device, non_blocking=True)
         return out
 
@@ -450,16 +460,25 @@ class FrameLoader:
         return _normalise(im, self.mean, self.std), ok
 
     def _iter_ref(self, batches, epoch):
-        import torch
+        from affaccel.data.prefetch import prefetch
 
         # one stream per (seed, epoch, shard): reproducible, different across ranks
         rng = np.random.default_rng([self.seed, epoch, self.shard_id])
         jitter = self._jitter_generator(epoch)
+        decoded = self._decode_ref(batches, rng)
+        for images, labels, idx, ok in prefetch(decoded, self.device, self.prefetch):
+            yield self._finish(images, idx, jitter, ok, labels)
+
+    def _decode_ref(self, batches, rng):
+        """(images [B, 3, S, S] float32, labels or None, positions, ok) per batch, on the CPU."""
+        import torch
+
         for idx in batches:
             pairs = [self._ref_image(int(i), rng) for i in idx]
             images = torch.from_numpy(np.stack([a for a, _ in pairs]))
             ok = np.array([k for _, k in pairs], bool)
-            yield self._finish(images.to(self.device), idx, jitter, ok)
+            labels = torch.as_tensor(self.labels[idx]) if self.labels is not None else None
+            yield images, labels, idx, ok
 
     def _iter_dali(self, batches, epoch):
         import torch
