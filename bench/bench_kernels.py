@@ -7,10 +7,14 @@ invalid frames, reductions "global" and "per_window"; forward, backward and forw
 * ``fused + CUDA graph``    the same captured in a CUDA graph (forward and forward+backward)
 * ``eager reference``       affaccel.ops.ccc_loss_ref (the pure PyTorch reference)
 * ``eager textbook``        the textbook masked CCC loss in eager PyTorch (fewest ops)
+* ``eager reference + CUDA graph``, ``eager textbook + CUDA graph``: the eager losses captured
+  exactly as the fused one is (``_capture``), so a graph replay is compared with a graph replay
 * ``torch.compile textbook`` and ``torch.compile reference``
 
 timed with ``triton.testing.do_bench`` (median). Speed-ups are against the faster eager variant
-and the faster torch.compile variant of the same pass. The TCN rows come from
+and the faster torch.compile variant of the same pass; rows captured in a CUDA graph are
+compared with the captured eager variants only (a graph removes the launch cost that
+dominates this loss, whichever kernels it replays), the others with the uncaptured ones. The TCN rows come from
 ``bench/bench_tcn.py``'s ``run_tcn_bench(quick)`` when that file exists. A table is printed last;
 rows are appended to bench/results/kernels.csv (GPU name, torch/Triton versions, commit, date).
 
@@ -87,11 +91,16 @@ def row(case, dtype, impl, pass_, median_ms, note=""):
             "median_ms": median_ms, "note": " ".join(note.split())}
 
 
+GRAPH = " + CUDA graph"   # suffix of the implementations timed as CUDA-graph replays
+
+
 def add_speedups(rows):
-    """vs_eager / vs_compile per (kernel, case, dtype, pass) against the faster variant."""
+    """vs_eager / vs_compile per (kernel, case, dtype, pass) against the faster variant; graph
+    replays (impl ending in GRAPH) against graph replays, the others against the others."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["kernel"], r["case"], r["dtype"], r["pass"]), []).append(r)
+        graphed = r["impl"].endswith(GRAPH)
+        groups.setdefault((r["kernel"], r["case"], r["dtype"], r["pass"], graphed), []).append(r)
     for grp in groups.values():
         ok = [r for r in grp if isinstance(r.get("median_ms"), float)]
         eager = [r["median_ms"] for r in ok if r["impl"].startswith("eager")]
@@ -138,14 +147,14 @@ def write_csv(path: Path, rows, meta):
 def print_table(rows, meta, how):
     print(f"\n{meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, commit "
           f"{meta['commit']}, {meta['date']}; {how}")
-    print(f"{'kernel':<7}{'case':<30}{'dtype':<10}{'pass':<9}{'implementation':<28}"
+    print(f"{'kernel':<7}{'case':<64}{'dtype':<10}{'pass':<9}{'implementation':<32}"
           f"{'median ms':>10}{'x eager':>9}{'x compile':>10}  note")
     for r in rows:
         ms = "-" if r.get("median_ms") is None else f"{r['median_ms']:.4f}"
         ve = f"{r['vs_eager']:.2f}" if "vs_eager" in r else "-"
         vc = f"{r['vs_compile']:.2f}" if "vs_compile" in r else "-"
-        print(f"{r['kernel']:<7}{r['case'][:29]:<30}{r['dtype']:<10}{r['pass']:<9}"
-              f"{r['impl'][:27]:<28}{ms:>10}{ve:>9}{vc:>10}  {r.get('note', '')}")
+        print(f"{r['kernel']:<7}{r['case'][:63]:<64}{r['dtype']:<10}{r['pass']:<9}"
+              f"{r['impl'][:31]:<32}{ms:>10}{ve:>9}{vc:>10}  {r.get('note', '')}")
 
 
 # --------------------------------------------------------------------------- GPU: CCC
@@ -237,33 +246,39 @@ def bench_ccc_gpu(quick: bool):
                 *notes, flush=True)
             x.grad = None
 
-        # fused under CUDA graphs: forward, and forward+backward in one graph
-        def step():
-            C.ccc_loss(x, y, m, red).backward()
-
-        x.grad = None
-        try:
-            g_fwd = _capture(lambda: C.ccc_loss(x, y, m, red))
-            x.grad = None
-            g_both = _capture(lambda: (setattr(x, "grad", None), step()))
-            fwd, both, note = med(g_fwd.replay), med(g_both.replay), "graph replay"
-            # the graph computes what eager computes (same loss and gradient bits)
-            g_both.replay()
-            torch.cuda.synchronize()
-            x_grad_graph = x.grad.clone()
-            x.grad = None
-            step()
-            if not torch.equal(x_grad_graph, x.grad):
-                raise RuntimeError("CUDA-graph replay gave a different gradient than eager")
-            del g_fwd, g_both
-        except Exception as e:
-            fwd = both = None
-            note = f"capture failed: {e!r}"[:120]
-        for p, t in (("fwd", fwd), ("fwd+bwd", both)):
-            rows.append(row(case, "bf16", "fused + CUDA graph", p, t, note))
-        print(f"  {'fused + CUDA graph':<26} fwd {fwd} ms  fwd+bwd {both} ms  {note}", flush=True)
-        x.grad = None
+        # under CUDA graphs, captured the same way: forward, and forward+backward in one graph
+        for impl, loss_fn in (("fused", C.ccc_loss), ("eager reference", C.ccc_loss_ref),
+                              ("eager textbook", ccc_loss_textbook)):
+            rows += _graph_rows(case, impl + GRAPH, lambda f=loss_fn: f(x, y, m, red), x, med)
     return rows
+
+
+def _graph_rows(case, impl, loss, x, med):
+    """Rows (fwd, fwd+bwd) of ``loss()`` replayed from CUDA graphs (``_capture``); the replay
+    must give the eager gradient bit for bit. A capture that fails is a row with a note."""
+    def step():
+        loss().backward()
+
+    x.grad = None
+    try:
+        g_fwd = _capture(loss)
+        x.grad = None
+        g_both = _capture(lambda: (setattr(x, "grad", None), step()))
+        fwd, both, note = med(g_fwd.replay), med(g_both.replay), "graph replay"
+        g_both.replay()
+        torch.cuda.synchronize()
+        x_grad_graph = x.grad.clone()
+        x.grad = None
+        step()
+        if not torch.equal(x_grad_graph, x.grad):
+            raise RuntimeError("CUDA-graph replay gave a different gradient than eager")
+        del g_fwd, g_both
+    except Exception as e:
+        fwd = both = None
+        note = f"capture failed: {e!r}"[:120]
+    print(f"  {impl:<30} fwd {fwd} ms  fwd+bwd {both} ms  {note}", flush=True)
+    x.grad = None
+    return [row(case, "bf16", impl, p, t, note) for p, t in (("fwd", fwd), ("fwd+bwd", both))]
 
 
 def run_tcn_rows(quick: bool):
