@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from affaccel.cli_encoder import add_encoder_arguments, apply_encoder_arguments
 from affaccel.inference.writers import FORMATS, output_names
 from affaccel.predict_jobs import predict_one, print_summary
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true",
                    help="print per video how it was decoded (DALI/NVDEC on GPU or PyAV on CPU)")
-    return p
+    return add_encoder_arguments(p)
 
 
 def check_args(args) -> str | None:
@@ -101,8 +102,6 @@ def check_args(args) -> str | None:
             c.file("--bundle", args.bundle, "bundle (written by python -m affaccel.train)")
         if args.emoclip is not None:
             c.file("--emoclip", args.emoclip, "EmoCLIP checkpoint (written by python -m affaccel.emoclip.train)")
-            if args.stream:
-                raise c.ArgError("--stream: the zs_ columns of --emoclip need the whole-video path; drop --stream")
         elif args.labels is not None:
             raise c.ArgError("--labels applies to --emoclip only")
         c.device("--device", args.device)
@@ -139,6 +138,7 @@ def _run(args, info) -> int:
             options["emoclip"] = ZeroShotScorer.from_checkpoint(args.emoclip, labels=args.labels)
         predictor = (AffectPredictor.from_bundle(args.bundle, device=args.device, **options) if args.bundle
                      else AffectPredictor({}, device=args.device, **options))
+        predictor = apply_encoder_arguments(args, predictor)   # --int8
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,24 +64,42 @@ class ZeroShotScorer:
                         for s in starts])
         return starts, idx
 
+    def _clip_probs(self, clips):
+        """clips: [N, clip_len, D] image embeddings (torch) -> class probabilities [N, C] float32."""
+        import torch
+        from torch.nn import functional as F
+
+        dev = self.model.logit_scale.device
+        probs = []
+        with torch.no_grad():
+            for i in range(0, len(clips), self.batch):
+                v = self.model.encode_video(clips[i:i + self.batch].to(dev))
+                logits = self.model.logit_scale.exp() * F.normalize(v.float(), dim=-1) @ self.class_emb.t()
+                probs.append(torch.softmax(logits, -1).cpu().numpy())
+        return np.concatenate(probs).astype(np.float32)
+
     def frame_probs(self, feats) -> np.ndarray:
         """feats: [T, D] image embeddings (NumPy or torch) -> probabilities [T, C] float32."""
         import torch
-        from torch.nn import functional as F
 
         x = torch.as_tensor(np.asarray(feats, np.float32) if not torch.is_tensor(feats) else feats).float()
         n = x.shape[0]
         starts, idx = self.window_indices(n)
-        dev = self.model.logit_scale.device
-        probs = []
-        with torch.no_grad():
-            for i in range(0, len(idx), self.batch):
-                v = self.model.encode_video(x[torch.as_tensor(idx[i:i + self.batch])].to(dev))
-                logits = self.model.logit_scale.exp() * F.normalize(v.float(), dim=-1) @ self.class_emb.t()
-                probs.append(torch.softmax(logits, -1).cpu().numpy())
-        p = np.concatenate(probs).astype(np.float32)                       # [N, C]
+        p = self._clip_probs(x[torch.as_tensor(idx)])                      # [N, C]
         win = np.repeat(p[:, None, :], self.window, axis=1)                # [N, w, C]
         return np.asarray(overlap_average(win, starts, n), np.float32)
+
+    def window_probs(self, x, mask) -> dict:
+        """The streaming form of ``frame_probs`` (``StreamingTemporal``'s ``run_windows``):
+        windows x [N, w, D] with mask [N, w] (a short video's one window is padded) -> {"zs":
+        [N, w, C]}, each window's clip probabilities on all its positions."""
+        import torch
+
+        valid = mask.sum(1).tolist()
+        idx = np.stack([sample_indices(int(v), self.clip_len, self.frame_step) for v in valid])
+        clips = x.float()[torch.arange(len(valid))[:, None], torch.as_tensor(idx)]
+        p = self._clip_probs(clips)
+        return {"zs": np.repeat(p[:, None, :], x.shape[1], axis=1)}
 
 
 __all__ = ["ZeroShotScorer", "chunk_features", "add_zs_columns"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from affaccel.device import resolve_device
 from affaccel.inference.overlap import prefetch
+from affaccel.inference.stream_rows import RowBuffer
 from affaccel.inference.streaming import (
     FeatureFiller,
     NoFramesError,
@@ -281,59 +282,34 @@ class AffectPredictor:
         """Yield DataFrame chunks (frozen schema) as frames are finalized; bounded memory.
 
         Memory: one decoded batch, about ``window + stride`` feature rows, the overlap sums of
-        the frames not yet final, and the side data (boxes, timestamps) of those frames.
-        Raises NoFramesError when the input has no frames.
+        the frames not yet final, and the side data (boxes, timestamps) of those frames. With
+        an EmoCLIP scorer its zero-shot windows stream beside the temporal models' (RowBuffer
+        releases a frame once both have finalized it). Raises NoFramesError without frames.
         """
-
-        if self.emoclip is not None:
-            raise ValueError("zero-shot (emoclip) columns are not available with stream=True")
         weighting = weighting or self.weighting
-
-        def new_stream():   # one per temporal segment: windows never span two
-            return StreamingTemporal(self.run_windows, self.window, self.stride, self.tasks,
-                                     weighting=weighting, max_batch=self.window_batch)
-
-        stream, filler, segmenter = new_stream(), FeatureFiller(), Segmenter()
-        side: list[tuple] = []       # per-frame side columns of not-yet-emitted frames
-        base = seen = cur = 0        # first frame of the current segment, frames seen, segment
-
-        def emit(first, preds):
-            nonlocal side
-            k = len(next(iter(preds.values()))) if preds else 0
-            if k == 0:
-                return None
-            cols = [np.concatenate(c) for c in zip(*side)]
-            ts, bx, sc, ids, found, seg = (c[:k] for c in cols)
-            side = [tuple(c[k:] for c in cols)]
-            return build_table(base + first, ts, bx, sc, ids, found, preds, segments=seg)
-
-        def flush():        # the rest of the current segment
-            out = []
-            if filler.pending:   # no face in the segment: zero features (outputs are NaN)
-                import torch
-
-                dim = self.feature_dim or 1
-                for i in range(0, filler.pending, 4096):   # what push() finalizes is emitted too
-                    out.append(emit(*stream.push(torch.zeros((min(4096, filler.pending - i), dim)))))
-            out.append(emit(*stream.finish()))
-            return [df for df in out if df is not None]
-
+        rows = RowBuffer(self.tasks, self.emoclip.columns if self.emoclip is not None else None)
+        segs = _SegmentStreams(self, weighting, rows)
+        zs = _ZeroShotStream(self.emoclip, rows) if self.emoclip is not None else None
+        seen = 0
         for ch in self._iter_chunks(video, boxes, crops, features, batch_size, fps, face_found,
                                     progress, cuts):
-            seg = segmenter(ch.ids, ch.found, ch.cuts)
-            side.append((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found, seg))
-            for lo, hi in segment_runs(seg):
-                if seg[lo] != cur:
-                    yield from flush()
-                    stream, filler, cur, base = new_stream(), FeatureFiller(), int(seg[lo]), seen + lo
-                for block in filler(ch.feats[lo:hi], ch.found[lo:hi]):
-                    df = emit(*stream.push(block))
-                    if df is not None:
-                        yield df
+            seg = segs.segmenter(ch.ids, ch.found, ch.cuts)
+            rows.add_side((ch.timestamps, ch.boxes, ch.scores, ch.ids, ch.found, seg))
+            segs.push(ch, seg, seen)
+            if zs is not None:
+                zs.push(ch)
             seen += len(seg)
+            df = rows.release()
+            if df is not None:
+                yield df
         if seen == 0:
             raise NoFramesError(f"{_name_of(video)}: no frames decoded")
-        yield from flush()
+        segs.flush()
+        if zs is not None:
+            zs.finish()
+        df = rows.release()
+        if df is not None:
+            yield df
 
     def predict_video(self, video, boxes=None, crops=None, features=None, batch_size: int = 64,
                       weighting: str | None = None, stream: bool = False,
@@ -456,6 +432,71 @@ class AffectPredictor:
                 results[id(d)] = PredictionResult(self._with_zs(table, zs, v),
                                                   _name_of(v), self.tasks, secs + share)
         return [d if isinstance(d, VideoFailure) else results[id(d)] for d in done]
+
+
+class _SegmentStreams:
+    """The temporal models over a stream: one StreamingTemporal per temporal segment (windows
+    never span two), face-less frames filled from their neighbours within the segment."""
+
+    def __init__(self, pred: "AffectPredictor", weighting: str, rows: RowBuffer):
+        self.pred, self.weighting, self.rows = pred, weighting, rows
+        self.segmenter, self.cur = Segmenter(), 0
+        self._new()
+
+    def _new(self) -> None:
+        p = self.pred
+        self.stream = (StreamingTemporal(p.run_windows, p.window, p.stride, p.tasks, weighting=self.weighting,
+                                         max_batch=p.window_batch) if p.models else None)
+        self.filler = FeatureFiller()
+
+    def _push(self, block) -> None:
+        if self.stream is not None:
+            self.rows.add_preds(self.stream.push(block)[1])
+
+    def push(self, ch: _Chunk, seg: np.ndarray, seen: int) -> None:
+        for lo, hi in segment_runs(seg):
+            if seg[lo] != self.cur:
+                self.flush()
+                self._new()
+                self.cur = int(seg[lo])
+            for block in self.filler(ch.feats[lo:hi], ch.found[lo:hi]):
+                self._push(block)
+
+    def flush(self) -> None:
+        """The rest of the current segment."""
+        if self.stream is None:
+            return
+        if self.filler.pending:   # no face in the segment: zero features (outputs are NaN)
+            import torch
+
+            dim = self.pred.feature_dim or 1
+            for i in range(0, self.filler.pending, 4096):   # what push() finalizes is kept too
+                self._push(torch.zeros((min(4096, self.filler.pending - i), dim)))
+        self.rows.add_preds(self.stream.finish()[1])
+
+
+class _ZeroShotStream:
+    """EmoCLIP's zs_ probabilities over a stream: its own windows over the whole video."""
+
+    def __init__(self, scorer, rows: RowBuffer):
+        self.scorer, self.rows, self.filler = scorer, rows, FeatureFiller()
+        self.stream = StreamingTemporal(scorer.window_probs, scorer.window, scorer.stride, ("zs",),
+                                        weighting="uniform", max_batch=scorer.batch)
+
+    def push(self, ch: _Chunk) -> None:
+        if ch.zs is None:
+            raise ValueError("zero-shot (zs_) columns need video frames through EmoCLIP's image tower; "
+                             "crops or features handed in cannot be used")
+        for block in self.filler(ch.zs, ch.found):
+            self.rows.add_zs(self.stream.push(block)[1].get("zs", np.zeros((0, len(self.scorer.columns)))))
+
+    def finish(self) -> None:
+        import torch
+
+        if self.filler.pending:
+            self.rows.add_zs(self.stream.push(torch.zeros((self.filler.pending, self.scorer.model.embed_dim)))[1]
+                             .get("zs", np.zeros((0, len(self.scorer.columns)))))
+        self.rows.add_zs(self.stream.finish()[1]["zs"])
 
 
 @dataclass

@@ -64,7 +64,6 @@ def test_predict_emoclip_arguments(tmp_path, capsys):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x")
     cases = [([], "--bundle"), (["--labels", "affaccel", "--bundle", str(ckpt)], "--labels"),
-             (["--emoclip", str(ckpt), "--stream"], "--stream"),
              (["--emoclip", str(tmp_path / "nope.pt")], "--emoclip")]
     for extra, flag in cases:
         assert predict.main([str(video), "--out", str(tmp_path / "o"), *extra]) == 2

@@ -2,6 +2,7 @@
 windows through EmoCLIP's image tower, spread back with the overlap averaging, beside the
 VA/EXPR/AU tasks or without them; checked against an independent window loop."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
@@ -88,3 +89,30 @@ def test_zs_columns_beside_the_affect_tasks(scorer, tmp_path):
                                expected(scorer, frames, boxes(())), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="zs_"):
         both.predict_video(None, features=np.zeros((N, base.encoder.feature_dim), np.float32))
+
+
+@pytest.mark.parametrize("with_tasks", [False, True])
+def test_zs_columns_streamed(scorer, tmp_path, with_tasks):
+    """stream=True gives the whole-video rows and zs_ columns (the zero-shot windows stream beside
+    the temporal ones), for a face missing at the start and in the middle, in small batches."""
+    hidden = (0, 1, 9)
+    frames = face_frames(N, hidden=hidden)
+    if with_tasks:
+        base = AffectPredictor.from_bundle(make_bundle(tmp_path / "b.pt", tasks=("va",)), device="cpu")
+        pred = AffectPredictor(base.models, encoder=base.encoder, window=12, stride=8, device="cpu",
+                               emoclip=scorer)
+    else:
+        pred = AffectPredictor({}, emoclip=scorer, device="cpu")
+    whole = pred.predict_video(frames, boxes=boxes(hidden)).frame
+    for batch in (1, 5, 64):
+        chunks = list(pred.predict_stream(frames, boxes=boxes(hidden), batch_size=batch))
+        assert len(chunks) >= (2 if batch < N else 1)
+        streamed = pd.concat(chunks, ignore_index=True)
+        assert list(streamed.columns) == list(whole.columns)
+        assert streamed["frame"].tolist() == list(range(N))
+        num = [c for c in whole.columns if c.startswith("zs_") or c in ("valence", "arousal")]
+        np.testing.assert_allclose(streamed[num].to_numpy(float), whole[num].to_numpy(float), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole[["zs_calm", "zs_joy", "zs_mixed"]].to_numpy(),
+                               expected(scorer, frames, boxes(hidden)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="zs_"):
+        list(pred.predict_stream(None, features=np.zeros((N, 128), np.float32)))
