@@ -19,6 +19,7 @@ import sys
 import time
 
 from affaccel import cli_checks
+from affaccel.cli_encoder import add_encoder_arguments, check_int8
 from affaccel.data.layout import add_data_arguments
 
 
@@ -26,6 +27,9 @@ def _check(args) -> None:
     c = cli_checks
     c.at_least("--batch-size", args.batch_size, 1)
     c.device("--device", args.device)
+    c.frames_backend("--frames-backend", args.frames_backend)
+    if args.int8 and args.device not in (None, "cpu"):
+        raise c.ArgError(f"--int8 runs the encoder on the CPU only; got --device {args.device}")
     c.file("--checkpoint", args.checkpoint, "checkpoint file")
     for flag in ("--data-root", "--annotations", "--frames"):
         c.folder(flag, getattr(args, flag[2:].replace("-", "_"), None))
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="frame image decoder: DALI (nvJPEG on GPU) or PIL; auto: DALI when installed. "
                         "Either way a corrupt or truncated image is reported and masked like a missing frame")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    args = add_encoder_arguments(p).parse_args(argv)
     status = cli_checks.report(lambda: _check(args))
     if status is not None:
         return status
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from affaccel.device import resolve_device
     from affaccel.stages.features import extract_dataset
 
-    device = str(resolve_device(args.device or "auto"))
+    device = str(resolve_device(args.device or ("cpu" if args.int8 else "auto")))
+    check_int8(args.int8, device)
     info = distributed.init_from_env(device)   # torchrun: each rank extracts its share of the videos
     if info.distributed and device.startswith("cuda"):
         device = f"cuda:{info.local_rank}"
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir, summary = extract_dataset(data_arguments(args), args.checkpoint, args.cache, args.model,
                                              args.pretrained, args.batch_size, device,
                                              tuple(s for s in args.splits.split(",") if s), not args.quiet,
-                                             args.verify, args.frames_backend)
+                                             args.verify, args.frames_backend, args.int8)
     finally:
         distributed.cleanup()
     dt = time.time() - t0

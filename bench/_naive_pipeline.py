@@ -182,10 +182,12 @@ def square_crop(img, box, expand: float = 1.0):
 
 
 def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float = 1.0,
-              clip_batch: int = 64, window_batch: int = 32):
+              clip_batch: int = 64, window_batch: int = 32, autocast_dtype=None):
     """Per-frame predictions of one video: ({task: [T, K] float64, NaN rows without a face},
     {stage: seconds}). boxes: [T', 4] array (x, y, w, h; NaN rows = no face; frames past T'
-    have none) or track(frame_rgb [H, W, 3]) -> box or None."""
+    have none) or track(frame_rgb [H, W, 3]) -> box or None. autocast_dtype: run the encoder
+    and the temporal models under ``torch.autocast`` of that dtype (the "naive + bf16" row:
+    what a user gets from precision alone)."""
     import av
     from torchvision import transforms as T
 
@@ -199,9 +201,12 @@ def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float =
 
     feats, found, pending = [], [], []
 
+    def amp():
+        return torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+
     def encode_pending():
         with clock("encoder"):
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 f = models.clip.encode_image(torch.stack(pending).to(dev))
                 if models.normalize:
                     f = torch.nn.functional.normalize(f, dim=-1)
@@ -243,7 +248,7 @@ def run_video(models: NaiveModels, path, boxes=None, track=None, expand: float =
     for task, model in models.models.items():
         with clock("temporal"):
             preds = []
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 for b in range(0, len(wins), window_batch):
                     xb = torch.stack(wins[b:b + window_batch]).to(dev)
                     mb = torch.stack(masks[b:b + window_batch]).to(dev)

@@ -6,15 +6,21 @@
 
 Pipelines (both read the same bundle and the same videos, and are checked to give the same
 per-frame predictions):
-  optimized  ``AffectPredictor.predict_video`` fed by a decode thread (``iter_video``, backend
-             "auto": PyAV with frame threading on CPU, DALI/NVDEC on GPU with given boxes),
+  optimized  ``AffectPredictor.predict_video(path)`` as ``python -m affaccel.predict`` runs it:
+             its decode thread (affaccel/inference/overlap.py; ``iter_video`` backend "auto":
+             PyAV with frame threading on CPU, DALI/NVDEC on GPU with given boxes),
              batched crops (DALI), ClipEncoder under ``inference_mode`` (bf16 autocast on
-             CUDA, fp32 on CPU), C++ windows, TCN (fused Triton on CUDA), Transformer, C++
-             overlap averaging. Also timed without the decode thread ("serial"), so whether
-             the overlap helps is measured; the serial run carries the stage timers.
+             CUDA; fp32 on CPU, channels-last for ResNet towers), C++ windows, TCN (fused Triton
+             on CUDA, channels-first on CPU), Transformer, C++ overlap averaging. Also timed
+             without the decode thread ("serial"), so whether the overlap helps is measured;
+             the serial run carries the stage timers.
   naive      bench/_naive_pipeline.py: PyAV frame by frame to PIL, per-frame PIL crop +
              torchvision transforms, open_clip fp32 eager (batch 64), Python window and
              averaging loops, eager nn.Conv1d+chomp TCN with the same weights.
+  int8       (CPU; --no-int8 skips it) the optimized pipeline with ``predict --int8``'s encoder
+             (affaccel/nn/quantize.py), its own row, never the optimized one.
+  naive_bf16 (GPU; --naive-bf16 on CPU) the naive pipeline under bf16 autocast: what precision
+             alone buys, so the table shows what the pipeline adds beyond it.
 Faces: ``--faces boxes`` (default on the synthetic set: its ground-truth box files, the
 "user boxes" input of both pipelines) or ``--faces detect`` (the built-in Haar detector and
 tracker, the same code in both pipelines, so the face stage compares like with like).
@@ -24,7 +30,10 @@ throughput does not depend on the weights' values.
 Timing: one warm-up run of each pipeline, then ``--repeats`` rounds, each running every
 configuration once in a rotating order (so load noise on a shared machine hits all of them);
 medians are reported. Stage figures are frames / seconds spent in the stage. Prints a table
-last, writes ``--json``, appends a row to bench/results/throughput_<cpu|gpu>.csv.
+last, writes ``--json``, appends a row to bench/results/throughput_<cpu|gpu>.csv. Also reported:
+the load average (1/5/15 min) at the start and end of the timed rounds, and the limits: encoder
+alone and decode alone (serial run's stages), pipeline efficiency = end to end / encoder alone,
+and the cores' utilisation during the overlapped run (process CPU seconds / wall / cores).
 """
 from __future__ import annotations
 
@@ -34,11 +43,9 @@ import datetime as dt
 import json
 import os
 import platform
-import queue
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,8 @@ BENCH = Path(__file__).resolve().parent
 for p in (str(ROOT), str(BENCH)):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from affaccel.inference.overlap import PrefetchStats  # noqa: E402
 
 from _flops import VIT_B16_GFLOP, bf16_matmul_peak_tflops, encoder_gflop, roofline_fraction  # noqa: E402
 from _machine import (  # noqa: E402
@@ -67,7 +76,10 @@ CSV_FIELDS = ["date", "commit", "machine", "device", "cores", "torch_threads", "
               "model", "image_size", "faces", "videos", "frames", "repeats", "optimized_fps",
               "optimized_serial_fps", "naive_fps", "speedup", "overlap_gain",
               *[f"opt_{s}_fps" for s in STAGES], *[f"naive_{s}_fps" for s in STAGES],
-              "encoder_roofline", "opt_peak_mem_mb", "naive_peak_mem_mb", "parity_max_abs"]
+              "encoder_roofline", "opt_peak_mem_mb", "naive_peak_mem_mb", "parity_max_abs",
+              "loadavg_1min_start", "loadavg_1min_end", "encoder_alone_fps", "decode_alone_fps",
+              "pipeline_efficiency", "core_utilisation", "int8_fps", "int8_max_abs",
+              "int8_feature_cosine_min", "naive_bf16_fps"]
 
 
 @dataclass
@@ -167,51 +179,6 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-class Prefetch:
-    """Runs an iterator in a background thread, ``depth`` items ahead.
-
-    Records how long the producer was busy (``busy_s``), blocked on a full queue because the
-    consumer was slower (``blocked_s``), and how long the consumer waited on an empty queue
-    (``wait_s``): the idle time of each side of the overlap.
-    """
-
-    _END = object()
-
-    def __init__(self, it, depth: int = 3):
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.busy_s = self.blocked_s = self.wait_s = 0.0
-        self.error = None
-        self._t = threading.Thread(target=self._run, args=(iter(it),), daemon=True)
-        self._t.start()
-
-    def _run(self, it):
-        try:
-            while True:
-                t0 = time.perf_counter()
-                item = next(it, self._END)
-                t1 = time.perf_counter()
-                self.busy_s += t1 - t0
-                self.q.put(item)
-                self.blocked_s += time.perf_counter() - t1
-                if item is self._END:
-                    return
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            self.error = e
-            self.q.put(self._END)
-
-    def __iter__(self):
-        while True:
-            t0 = time.perf_counter()
-            item = self.q.get()
-            self.wait_s += time.perf_counter() - t0
-            if item is self._END:
-                self._t.join()
-                if self.error is not None:
-                    raise self.error
-                return
-            yield item
-
-
 class StageTimers:
     """Adds up the seconds each stage of the optimized pipeline takes: wraps a predictor's stage
     methods on the instance (the class is untouched) and, for the temporal model forwards,
@@ -244,7 +211,10 @@ class StageTimers:
 
     def __enter__(self):
         import affaccel.inference.temporal as temporal
+        import affaccel.video.decode as decode
 
+        self._iter_video = decode.iter_video
+        decode.iter_video = self._timed_decoder(self._iter_video)
         self._wrap("_crop", "faces")
         self._wrap("encode", "encoder")
         self._wrap("_temporal", "windows_total")
@@ -267,7 +237,9 @@ class StageTimers:
 
     def __exit__(self, *exc):
         import affaccel.inference.temporal as temporal
+        import affaccel.video.decode as decode
 
+        decode.iter_video = self._iter_video
         for a in self._names:
             delattr(self.pred, a)           # back to the class's methods
         temporal.run_windows = self._run_windows
@@ -276,13 +248,19 @@ class StageTimers:
         # windows + averaging = the whole-array temporal step minus the model forward
         self.s["averaging"] = max(0.0, self.s.pop("windows_total") - self.s["temporal"])
 
-    def timed_iter(self, it):
-        while True:
-            with self.clock("decode"):
-                item = next(it, None)
-            if item is None:
-                return
-            yield item
+    def _timed_decoder(self, iter_video):
+        clock = self.clock
+
+        def timed(*a, **k):
+            it = iter_video(*a, **k)
+            while True:
+                with clock("decode"):
+                    item = next(it, None)
+                if item is None:
+                    return
+                yield item
+
+        return timed
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,32 +273,31 @@ def predictions_from_table(table, tasks) -> dict:
     return {t: table[list(TASKS[t].columns)].to_numpy(np.float64) for t in tasks}
 
 
-def run_optimized(pred, jobs, batch: int, decode_device: str, overlap: bool, timers=None):
-    """All jobs through AffectPredictor; returns (predictions per job, overlap stats)."""
-    from affaccel.video.decode import iter_video
-
-    preds, ov = [], {"busy_s": 0.0, "blocked_s": 0.0, "wait_s": 0.0}
-    for job in jobs:
-        frames = (b.frames for b in iter_video(job.path, backend="auto", device=decode_device,
-                                               batch_size=batch))
-        if timers is not None:
-            frames = timers.timed_iter(frames)
-        if overlap:
-            frames = Prefetch(frames, depth=3)
-        res = pred.predict_video(frames, boxes=job.boxes, batch_size=batch)
-        if overlap:
-            ov = {k: ov[k] + getattr(frames, k) for k in ov}
-        preds.append(predictions_from_table(res.frame, pred.tasks))
-    return preds, ov
+def run_optimized(pred, jobs, batch: int, overlap: bool):
+    """All jobs through ``AffectPredictor.predict_video(path)``, as ``python -m affaccel.predict``
+    runs them: the predictor decodes, and with ``overlap`` its decode thread runs ahead
+    (affaccel/inference/overlap.py; depth 0 = decoding in this thread). Returns (predictions
+    per job, the decode thread's idle-time stats)."""
+    stats = PrefetchStats()
+    pred.prefetch_depth, pred.prefetch_stats = (3 if overlap else 0), stats
+    preds = []
+    try:
+        for job in jobs:
+            res = pred.predict_video(str(job.path), boxes=job.boxes, batch_size=batch)
+            preds.append(predictions_from_table(res.frame, pred.tasks))
+    finally:
+        del pred.prefetch_depth, pred.prefetch_stats        # back to the class defaults
+    return preds, {"busy_s": stats.busy_s, "blocked_s": stats.blocked_s, "wait_s": stats.wait_s}
 
 
-def run_naive(models, jobs, track_factory=None):
+def run_naive(models, jobs, track_factory=None, autocast_dtype=None):
     import _naive_pipeline as naive
 
     preds, st = [], dict.fromkeys(STAGES, 0.0)
     for job in jobs:
         track = track_factory() if track_factory is not None else None
-        p, s = naive.run_video(models, job.path, boxes=job.boxes, track=track)
+        p, s = naive.run_video(models, job.path, boxes=job.boxes, track=track,
+                               autocast_dtype=autocast_dtype)
         preds.append(p)
         for k in STAGES:
             st[k] += s[k]
@@ -396,6 +373,10 @@ def parse_args(argv):
     p.add_argument("--no-csv", action="store_true", help="do not append a CSV row")
     p.add_argument("--tolerance", type=float, default=None, help="max |optimized - naive| per "
                    "prediction (default 1e-2 fp32, 5e-2 bf16)")
+    p.add_argument("--no-int8", action="store_true", help="CPU: skip the int8-encoder row (the "
+                   "optimized pipeline with predict --int8's encoder; never the optimized row)")
+    p.add_argument("--naive-bf16", action="store_true", help="add the 'naive + bf16 autocast' row "
+                   "on CPU too (default: GPU only; on CPU it only exercises the code path)")
     a = p.parse_args(argv)
     if a.repeats is None:
         a.repeats = 1 if a.quick else 3
@@ -409,6 +390,9 @@ def parse_args(argv):
 
 
 ORDER = ("optimized", "naive", "serial")
+# extra configurations: "int8" (CPU: the optimized pipeline with the int8 encoder), "naive_bf16"
+# (GPU, or --naive-bf16: the naive pipeline under bf16 autocast, what precision alone buys)
+EXTRA = ("int8", "naive_bf16")
 
 
 @dataclass
@@ -425,6 +409,8 @@ class Setup:
     naive_models: Any
     track_factory: Any
     decode_device: str
+    order: tuple = ORDER
+    int8_pred: Any = None
 
     @property
     def on_gpu(self) -> bool:
@@ -465,14 +451,24 @@ def make_setup(a, tmp_dir: Path) -> Setup:
     if a.threads:
         torch.set_num_threads(a.threads)
     bundle = Path(a.bundle) if a.bundle else build_bundle(tmp_dir / "bundle.pt", model, tpreset)
-    # uniform overlap averaging in both pipelines (the naive one implements only that)
-    pred = AffectPredictor.from_bundle(bundle, device=str(device), weighting="uniform")
+    # uniform overlap averaging in both pipelines (the naive one implements only that); with
+    # given boxes the GPU pipeline decodes on the GPU (NVDEC), the detector needs CPU frames
+    opts = dict(device=str(device), weighting="uniform",
+                decode_backend="auto" if faces == "boxes" else "pyav")
+    pred = AffectPredictor.from_bundle(bundle, **opts)
+    order, int8_pred = ORDER, None
+    if not on_gpu and not a.no_int8:
+        from affaccel.nn.quantize import quantize_encoder
+
+        int8_pred = AffectPredictor.from_bundle(bundle, **opts)
+        int8_pred.encoder = quantize_encoder(int8_pred.encoder)
+        order = (*order, "int8")
+    if on_gpu or a.naive_bf16:
+        order = (*order, "naive_bf16")
     return Setup(a=a, device=device, model=model, tpreset=tpreset, jobs=jobs, faces=faces,
                  bundle=bundle, pred=pred, naive_models=naive.NaiveModels(bundle, device),
                  track_factory=naive_tracker_factory(pred) if faces == "detect" else None,
-                 # with given boxes the GPU pipeline decodes on the GPU (NVDEC); the detector
-                 # needs CPU frames
-                 decode_device=str(device) if on_gpu and faces == "boxes" else "cpu")
+                 decode_device=pred.decoder(jobs[0].path)[1], order=order, int8_pred=int8_pred)
 
 
 def run_once(su: Setup, name: str, mem: dict):
@@ -489,16 +485,18 @@ def run_once(su: Setup, name: str, mem: dict):
         with Stopwatch() as sw:
             if name == "serial":
                 with StageTimers(su.pred, su.device) as tm:
-                    p, _ = run_optimized(su.pred, su.jobs, su.a.batch_size, su.decode_device, False, tm)
+                    p, _ = run_optimized(su.pred, su.jobs, su.a.batch_size, False)
                 stages = tm.s
-            elif name == "optimized":
-                p, ov = run_optimized(su.pred, su.jobs, su.a.batch_size, su.decode_device, True)
+            elif name in ("optimized", "int8"):
+                p, ov = run_optimized(su.pred if name == "optimized" else su.int8_pred, su.jobs,
+                                      su.a.batch_size, True)
             else:
-                p, stages = run_naive(su.naive_models, su.jobs, su.track_factory)
-    key = "naive" if name == "naive" else "optimized"
+                p, stages = run_naive(su.naive_models, su.jobs, su.track_factory,
+                                      torch.bfloat16 if name == "naive_bf16" else None)
+    key = "naive" if name.startswith("naive") else "optimized"
     peak = torch.cuda.max_memory_allocated(su.device) if su.on_gpu else rss.peak
     mem[key] = max(mem[key], peak / 2 ** 20)
-    return p, sw.wall, stages, ov
+    return p, sw.wall, stages, ov, sw.cpu
 
 
 def measure(su: Setup) -> dict:
@@ -507,26 +505,30 @@ def measure(su: Setup) -> dict:
     Returns the seconds of every run per configuration, the stage seconds (serial optimized
     run, naive run), the decode-overlap stats, peak memory and the last round's predictions."""
     a = su.a
-    m = {"seconds": {k: [] for k in ORDER}, "stage_runs": {"optimized": [], "naive": []},
-         "overlap_runs": [], "mem": {"optimized": 0.0, "naive": 0.0}, "predictions": {}}
+    m = {"seconds": {k: [] for k in su.order}, "cpu_seconds": {k: [] for k in su.order},
+         "stage_runs": {"optimized": [], "naive": []}, "overlap_runs": [],
+         "mem": {"optimized": 0.0, "naive": 0.0}, "predictions": {}, "loadavg": {}}
+    m["loadavg"]["start"] = os.getloadavg()
     print(f"warm-up ({len(su.jobs)} videos, {su.model}, {su.device}) ...", file=sys.stderr)
     for _ in range(a.warmup):
-        for name in ("optimized", "naive"):
+        for name in ("optimized", "naive", *(x for x in su.order if x in EXTRA)):
             run_once(su, name, m["mem"])
     for r in range(a.repeats):
-        for name in rotated(ORDER, r):
-            p, secs, stages, ov = run_once(su, name, m["mem"])
+        for name in rotated(su.order, r):
+            p, secs, stages, ov, cpu = run_once(su, name, m["mem"])
             m["seconds"][name].append(secs)
+            m["cpu_seconds"][name].append(cpu)
             if name == "serial":
                 m["stage_runs"]["optimized"].append(stages)
             elif name == "naive":
                 m["stage_runs"]["naive"].append(stages)
-                m["predictions"]["naive"] = p
-            else:
+            elif name == "optimized":
                 m["overlap_runs"].append({**ov, "wall_s": secs})
-                m["predictions"]["optimized"] = p
+            if name != "serial":
+                m["predictions"][name] = p
         print(f"round {r + 1}/{a.repeats}: " + ", ".join(
-            f"{k} {m['seconds'][k][-1]:.2f} s" for k in ORDER), file=sys.stderr)
+            f"{k} {m['seconds'][k][-1]:.2f} s" for k in su.order), file=sys.stderr)
+    m["loadavg"]["end"] = os.getloadavg()
     return m
 
 
@@ -578,6 +580,73 @@ def overlap_summary(overlap_runs: list[dict], fps: dict) -> dict:
     }
 
 
+def int8_feature_cosine(su: Setup) -> dict:
+    """Per-frame cosine between the fp32 and the int8 encoder's features on the first batch of
+    real face crops of the first video (its boxes; the centre square where none are given)."""
+    import torch
+
+    from affaccel.video.decode import iter_video
+
+    job = su.jobs[0]
+    frames = next(iter(iter_video(job.path, backend="pyav", batch_size=su.a.batch_size))).frames
+    n, h, w = frames.shape[:3]
+    if job.boxes is not None:
+        boxes = np.asarray(job.boxes[:n], np.float32)
+    else:
+        side = min(h, w) / 2
+        boxes = np.tile(np.array([[(w - side) / 2, (h - side) / 2, side, side]], np.float32), (n, 1))
+    crops, valid = su.pred._crop(frames, torch.as_tensor(boxes))
+    crops = crops[torch.as_tensor(np.asarray(valid, bool))]
+    a, b = su.pred.encode(crops), su.int8_pred.encode(crops)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"frames": int(len(cos)), "min": float(cos.min()), "median": float(cos.median()),
+            "max_abs_feature_diff": float((a - b).abs().max())}
+
+
+def max_abs_between(a: list, b: list, tasks) -> float:
+    """Largest |a - b| over the per-frame predictions of two runs (NaN rows ignored)."""
+    worst = 0.0
+    for t in tasks:
+        d = np.abs(np.concatenate([x[t] for x in a]) - np.concatenate([x[t] for x in b]))
+        if np.isfinite(d).any():
+            worst = max(worst, float(np.nanmax(d)))
+    return worst
+
+
+def limits(su: Setup, m: dict, fps: dict, stages: dict) -> dict:
+    """What bounds the end-to-end figure: the encoder alone and the decoder alone (serial run's
+    stage figures, each with the whole machine), the pipeline efficiency (end to end over the
+    encoder alone), and how busy the cores were during the overlapped run (process CPU seconds
+    over wall seconds x cores: 1.0 = every core busy the whole time)."""
+    opt = stages["optimized"]
+    enc, dec = opt["encoder"]["fps"], opt["decode"]["fps"]
+    serial_s = sum(opt[s]["seconds"] for s in STAGES)
+    cores = os.cpu_count() or 1
+    cpu = median(m["cpu_seconds"]["optimized"])
+    wall = median(m["seconds"]["optimized"])
+    return {"encoder_alone_fps": enc, "decode_alone_fps": dec,
+            "pipeline_efficiency": fps["optimized"] / enc,
+            "stage_sum_fps": count_frames(m["predictions"]) / serial_s if serial_s > 0 else None,
+            "core_utilisation": cpu / (wall * cores), "cpu_seconds": cpu, "cores": cores}
+
+
+def extra_rows(su: Setup, m: dict, fps: dict) -> dict:
+    """The int8-encoder row (CPU) and the naive + bf16 autocast row (GPU / --naive-bf16)."""
+    out = {}
+    pr = m["predictions"]
+    if "int8" in fps:
+        out["int8"] = {"fps": fps["int8"], "vs_optimized": fps["int8"] / fps["optimized"],
+                       "vs_naive": fps["int8"] / fps["naive"],
+                       "max_abs_vs_optimized": max_abs_between(pr["int8"], pr["optimized"], su.pred.tasks),
+                       "quantized_layers": su.int8_pred.encoder.quantized_layers,
+                       "feature_cosine": int8_feature_cosine(su)}
+    if "naive_bf16" in fps:
+        out["naive_bf16"] = {"fps": fps["naive_bf16"], "vs_naive": fps["naive_bf16"] / fps["naive"],
+                             "optimized_vs_it": fps["optimized"] / fps["naive_bf16"],
+                             "max_abs_vs_naive": max_abs_between(pr["naive_bf16"], pr["naive"], su.pred.tasks)}
+    return out
+
+
 def roofline(su: Setup, stages: dict, gflop: float) -> dict | None:
     """GPU only: the encoder's frames/s x GFLOP against a measured bf16 matmul peak."""
     if not su.on_gpu:
@@ -613,6 +682,10 @@ def build_report(su: Setup, m: dict) -> dict:
                           for s in STAGES if stages["naive"][s]["seconds"] > 0
                           and stages["optimized"][s]["seconds"] > 0},
         "overlap": overlap_summary(m["overlap_runs"], fps),
+        "limits": limits(su, m, fps, stages),
+        "loadavg": m["loadavg"],
+        "cpu_seconds": {k: median(v) for k, v in m["cpu_seconds"].items()},
+        **extra_rows(su, m, fps),
         "peak_memory_mb": {**m["mem"], "kind": "torch.cuda.max_memory_allocated" if su.on_gpu
                            else "process RSS (sampled)"},
         "encoder_gflop_per_frame": gflop,
@@ -679,15 +752,41 @@ def write_outputs(report: dict, json_path, csv_path) -> None:
             "opt_peak_mem_mb": f"{report['peak_memory_mb']['optimized']:.0f}",
             "naive_peak_mem_mb": f"{report['peak_memory_mb']['naive']:.0f}",
             "parity_max_abs": f"{report['parity']['max_abs']:.2e}",
+            **csv_extra(report),
         }
-        path = Path(csv_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.is_file() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_csv_row(Path(csv_path), row)
+
+
+def csv_extra(report: dict) -> dict:
+    lim, i8, nb = report["limits"], report.get("int8"), report.get("naive_bf16")
+    return {"loadavg_1min_start": f"{report['loadavg']['start'][0]:.2f}",
+            "loadavg_1min_end": f"{report['loadavg']['end'][0]:.2f}",
+            "encoder_alone_fps": f"{lim['encoder_alone_fps']:.1f}",
+            "decode_alone_fps": f"{lim['decode_alone_fps']:.1f}",
+            "pipeline_efficiency": f"{lim['pipeline_efficiency']:.3f}",
+            "core_utilisation": f"{lim['core_utilisation']:.3f}",
+            "int8_fps": f"{i8['fps']:.2f}" if i8 else "",
+            "int8_max_abs": f"{i8['max_abs_vs_optimized']:.2e}" if i8 else "",
+            "int8_feature_cosine_min": f"{i8['feature_cosine']['min']:.6f}" if i8 else "",
+            "naive_bf16_fps": f"{nb['fps']:.2f}" if nb else ""}
+
+
+def append_csv_row(path: Path, row: dict) -> None:
+    """Append ``row``; a file written with an older column list is rewritten with the current
+    one first (old rows keep their values, new columns empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, header = [], None
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, list(reader)
+    if header != CSV_FIELDS:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
 
 
 def print_table(r: dict) -> None:
@@ -697,7 +796,8 @@ def print_table(r: dict) -> None:
           f" | commit {r['commit']} | {r['date']}")
     print(f"{r['model']} at {r['image_size']} px ({r['encoder_gflop_per_frame']:.2f} GFLOP/frame)"
           f", {len(r['videos'])} videos, {r['frames']} frames, faces: {r['faces']}, median of "
-          f"{r['repeats']} (warm-up excluded)")
+          f"{r['repeats']} (warm-up excluded) | load average (1 min) {r['loadavg']['start'][0]:.2f} "
+          f"at start, {r['loadavg']['end'][0]:.2f} at end")
     print(f"parity: max |optimized - naive| = {r['parity']['max_abs']:.2e} "
           f"(tolerance {r['parity']['tolerance']:.0e}) -> {'OK' if r['parity']['ok'] else 'FAIL'}")
     ov = r["overlap"]
@@ -721,6 +821,26 @@ def print_table(r: dict) -> None:
           f" {r['optimized_serial_fps'] / r['naive_fps']:>8.2f}x")
     print(f"{'END TO END':<24} {r['optimized_fps']:>14.1f} {r['naive_fps']:>12.1f} "
           f"{r['speedup']:>8.2f}x")
+    print_extra_rows(r)
+
+
+def print_extra_rows(r: dict) -> None:
+    if r.get("naive_bf16"):
+        nb = r["naive_bf16"]
+        print(f"{'naive + bf16 autocast':<24} {r['optimized_fps']:>14.1f} {nb['fps']:>12.1f} "
+              f"{nb['optimized_vs_it']:>8.2f}x   (max |bf16 - fp32 naive| {nb['max_abs_vs_naive']:.1e})")
+    if r.get("int8"):
+        i8 = r["int8"]
+        print(f"{'int8 encoder (opt-in)':<24} {i8['fps']:>14.1f} {r['naive_fps']:>12.1f} "
+              f"{i8['vs_naive']:>8.2f}x   ({i8['vs_optimized']:.2f}x fp32 optimized; "
+              f"{i8['quantized_layers']} Linear layers; feature cosine min "
+              f"{i8['feature_cosine']['min']:.5f}; max |int8 - fp32| {i8['max_abs_vs_optimized']:.1e})")
+    lim = r["limits"]
+    print(f"\nlimits: encoder alone {lim['encoder_alone_fps']:.1f} frames/s, decode alone "
+          f"{lim['decode_alone_fps']:.1f} frames/s, all stages in series {lim['stage_sum_fps']:.1f} "
+          f"frames/s; pipeline efficiency (end to end / encoder alone) "
+          f"{lim['pipeline_efficiency']:.2f}; cores busy {100 * lim['core_utilisation']:.0f}% "
+          f"of {lim['cores']} during the overlapped run")
 
 
 def main(argv=None) -> int:

@@ -112,7 +112,7 @@ LAYERS = [
     ("inference", {"affaccel.inference"}),
     ("stages", {"affaccel.stages", "affaccel.emoclip.data", "affaccel.emoclip.fit", "affaccel.emoclip.evaluate",
                 "affaccel.emoclip.datasets"}),
-    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.predict_jobs",
+    ("cli", CLIS | {"affaccel.info", "affaccel", "affaccel.cli_checks", "affaccel.cli_encoder", "affaccel.predict_jobs",
                     "affaccel.emoclip.train", "affaccel.emoclip.zeroshot", "affaccel.emoclip.embed"}),
 ]
 

@@ -37,7 +37,7 @@ def quick_report(tmp_path_factory):
     try:
         report = tp.run_benchmark(["--quick", "--device", "cpu", "--max-videos", "2",
                                    "--warmup", "0", "--threads", "1", "--no-csv",
-                                   "--json", str(out)])
+                                   "--naive-bf16", "--json", str(out)])
     finally:
         torch.set_num_threads(threads)
     tp.write_outputs(report, out, None)
@@ -89,6 +89,31 @@ def test_report_keys_and_figures_come_from_measurements(quick_report):
     assert js["peak_memory_mb"]["optimized"] > 0 and js["peak_memory_mb"]["naive"] > 0
     assert js["versions"]["torch"] and js["roofline"] is None       # CPU: no roofline
     assert 0 <= js["overlap"]["decode_idle_frac"] <= 1
+    # load average, limits and pipeline efficiency come from the same run's figures
+    assert len(js["loadavg"]["start"]) == 3 and len(js["loadavg"]["end"]) == 3
+    lim = js["limits"]
+    assert lim["encoder_alone_fps"] == pytest.approx(js["stages"]["optimized"]["encoder"]["fps"])
+    assert lim["decode_alone_fps"] == pytest.approx(js["stages"]["optimized"]["decode"]["fps"])
+    assert lim["pipeline_efficiency"] == pytest.approx(js["optimized_fps"] / lim["encoder_alone_fps"])
+    assert 0 < lim["core_utilisation"] <= 1.5
+
+
+def test_int8_and_naive_bf16_rows(quick_report):
+    """The opt-in int8 encoder's row (CPU default) and the naive + bf16 autocast row (GPU; forced
+    here with --naive-bf16 to run its code path), each with its own tolerance."""
+    report, js = quick_report
+    i8 = js["int8"]
+    assert i8["fps"] == pytest.approx(js["frames"] / np.median(js["seconds"]["int8"]["all"]))
+    assert i8["quantized_layers"] > 0
+    assert i8["feature_cosine"]["min"] >= 0.999          # tests/nn/test_int8.py's tolerance
+    assert 0 < i8["max_abs_vs_optimized"] < 5e-2
+    nb = js["naive_bf16"]
+    assert nb["fps"] == pytest.approx(js["frames"] / np.median(js["seconds"]["naive_bf16"]["all"]))
+    assert nb["max_abs_vs_naive"] < 1e-1                 # bf16 encoder + temporal vs fp32
+    p16, p32 = report["predictions"]["naive_bf16"], report["predictions"]["naive"]
+    for a, b in zip(p16, p32):
+        for t in a:
+            np.testing.assert_array_equal(np.isnan(a[t]), np.isnan(b[t]))
 
 
 def test_naive_temporal_model_matches_affaccel(tmp_path):
@@ -117,20 +142,6 @@ def test_naive_temporal_model_matches_affaccel(tmp_path):
         torch.testing.assert_close(got[valid], want[valid], **tol("float32"))
 
 
-def test_prefetch_keeps_order_and_reraises():
-    tp = _load("throughput")
-    assert list(tp.Prefetch(iter(range(50)), depth=2)) == list(range(50))
-
-    def broken():
-        yield 1
-        raise ValueError("decoder failed at frame 2")
-
-    it = iter(tp.Prefetch(broken()))
-    assert next(it) == 1
-    with pytest.raises(ValueError, match="frame 2"):
-        next(it)
-
-
 def test_stage_timers_restore_the_predictor(tmp_path):
     import torch
 
@@ -144,6 +155,9 @@ def test_stage_timers_restore_the_predictor(tmp_path):
         assert "encode" in vars(pred)
         pred.encode(torch.zeros(2, 3, pred.encoder.image_size, pred.encoder.image_size))
     assert "encode" not in vars(pred) and "_crop" not in vars(pred)
+    import affaccel.video.decode as decode
+
+    assert decode.iter_video.__name__ == "iter_video"      # the decoder is put back too
     assert tm.s["encoder"] > 0 and set(tm.s) == set(tp.STAGES)
 
 

@@ -109,9 +109,9 @@ class ClipEncoder(nn.Module):
         return x
 
     # Convolutional towers (the ResNets) run channels-last on CPU without autograd: oneDNN's
-    # convolutions skip their layout reorders, and the values are the same (bitwise on the
+    # convolutions skip their activation layout reorders, and the values are the same (bitwise on the
     # tests' models; fp32 tolerance in tests/nn/test_clip_cpu.py). Measured on 2 EPYC cores,
-    # affaccel-rn-tiny at 64 px, batch 64: 1.2-1.4x (bench/bench_encoder_cpu.py). ViTs
+    # affaccel-rn-tiny at 64 px, batch 64: 1.2-1.4x (bench/bench_cpu_inference.py). ViTs
     # (one patch convolution) are left as they are. False: always the contiguous layout.
     cpu_channels_last = True
 
@@ -122,9 +122,9 @@ class ClipEncoder(nn.Module):
             self._n_conv = sum(isinstance(m, nn.Conv2d) for m in self.visual.modules())
         if self._n_conv < 2:
             return images
-        if not getattr(self, "_weights_channels_last", False):
-            self.visual.to(memory_format=torch.channels_last)   # values unchanged, strides only
-            self._weights_channels_last = True
+        # the input only: the first convolution's output, and so every later activation, is
+        # channels-last too; the weights are left alone (converting them here, under
+        # inference_mode, would turn them into inference tensors that training cannot use)
         return images.contiguous(memory_format=torch.channels_last)
 
     def preprocessing_identity(self) -> str:

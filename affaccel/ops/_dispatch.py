@@ -53,7 +53,7 @@ def use_channels_first(*tensors: torch.Tensor | None) -> bool:
     Why: on CPU, ``F.conv1d`` takes [B, C, T]; the channels-last reference pays a transpose and
     a copy around every convolution. Measured on 2 EPYC cores, the cpu preset's TCN (128 -> 128
     -> 128, k=3, 8 windows of 300): channels-last reference 0.75-0.82x, channels-first path
-    0.92-1.44x the naive ``nn.Conv1d`` + chomp TCN (bench/bench_tcn_cpu.py).
+    0.92-1.44x the naive ``nn.Conv1d`` + chomp TCN (bench/bench_cpu_inference.py).
     """
     ts = [t for t in tensors if t is not None]
     return bool(ts) and all(t.device.type == "cpu" for t in ts) and not use_triton(*ts)

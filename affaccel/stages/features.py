@@ -499,12 +499,13 @@ def load_encoder(checkpoint: str | None = None, model: str | None = None,
 
 def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None, pretrained=None,
                     batch_size: int = 256, device: str = "cpu", splits=("train", "val"), progress=True,
-                    verify: bool = False, backend: str = "auto") -> tuple[Path, dict]:
+                    verify: bool = False, backend: str = "auto", int8: bool = False) -> tuple[Path, dict]:
     """Extract features for every video of ``data_root`` (default: built-in synthetic set): a
     dataset folder, or the dict of ``affaccel.data.layout.data_arguments`` (root / annotations /
     frames).
 
-    Returns (cache folder of this encoder, summary from ``extract_features``).
+    int8: extract with the dynamic-int8 copy of the encoder (``affaccel.nn.quantize``, CPU only;
+    its own cache folder). Returns (cache folder of this encoder, summary from ``extract_features``).
     """
     from affaccel.data.affwild2 import load_affwild2
 
@@ -518,6 +519,10 @@ def extract_dataset(data_root=None, checkpoint=None, cache_root=None, model=None
     from affaccel import distributed
 
     encoder = load_encoder(checkpoint, model, pretrained)
+    if int8:
+        from affaccel.nn.quantize import quantize_encoder
+
+        encoder = quantize_encoder(encoder)
     cache = FeatureCache.for_encoder(cache_root or default_cache_root(), encoder)
     options = dict(batch_size=batch_size, device=device, progress=progress, verify=verify, backend=backend)
     info = distributed.get_info()

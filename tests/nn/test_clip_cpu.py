@@ -23,11 +23,15 @@ def test_channels_last_cpu_matches_contiguous(model):
         want = ref_enc(x)
     torch.testing.assert_close(got, want, **tol("float32"))
     conv_tower = sum(isinstance(m, torch.nn.Conv2d) for m in enc.visual.modules()) > 1
-    assert getattr(enc, "_weights_channels_last", False) == conv_tower
-    assert not getattr(ref_enc, "_weights_channels_last", False)
+    with torch.no_grad():
+        assert enc._cpu_layout(x).is_contiguous(memory_format=torch.channels_last) == conv_tower
+    # the weights are untouched: no inference tensors, training still works afterwards
+    assert all(p.is_contiguous() and not p.is_inference() for p in enc.parameters())
     # the same weights (identity hashes values, not strides), and autograd keeps the input layout
     assert enc.identity() == ref_enc.identity()
     assert enc._cpu_layout(x) is x
+    enc.train()
+    enc(x).sum().backward()
 
 
 def test_channels_last_not_used_with_grad():
