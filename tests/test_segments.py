@@ -542,10 +542,17 @@ def test_cuda_tensors_take_the_torch_path():
 
 
 def test_large_output_streaming_path(ext):
-    """Outputs >= 32 MB take the non-temporal-store copy; D odd so window rows are unaligned."""
+    """Caller-given outputs >= 32 MB take the non-temporal-store copy (new ones do not); D odd
+    so window rows are unaligned."""
     x = rand((1600, 7001), "float16", seed=11)
     windows, mask = S.assemble_windows(x)
     assert windows.nbytes >= 32 << 20
+    index = S.plan_windows_batch([1600])
+    out = np.full_like(windows, np.nan)
+    got_mask = np.zeros_like(mask)
+    assert _ext.load().gather_windows([x], index, W, out, got_mask) is None
+    np.testing.assert_array_equal(out, windows)
+    np.testing.assert_array_equal(got_mask, mask)
     starts = S.plan_windows(1600)
     for i, a in enumerate(starts):
         valid = min(W, 1600 - a)
