@@ -46,6 +46,8 @@ import platform
 import sys
 import tempfile
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,7 @@ CSV_FIELDS = ["date", "commit", "machine", "device", "cores", "torch_threads", "
               "encoder_roofline", "opt_peak_mem_mb", "naive_peak_mem_mb", "parity_max_abs",
               "loadavg_1min_start", "loadavg_1min_end", "encoder_alone_fps", "decode_alone_fps",
               "pipeline_efficiency", "core_utilisation", "int8_fps", "int8_max_abs",
-              "int8_feature_cosine_min", "naive_bf16_fps"]
+              "int8_feature_cosine_min", "naive_bf16_fps", "cpu_bound_fps", "efficiency_ceiling"]
 
 
 @dataclass
@@ -179,6 +181,25 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+class CpuStageClock(StageClock):
+    """A StageClock that also adds up process CPU seconds (all threads) per stage: in the
+    serial run one stage runs at a time, so a stage's CPU seconds are the core-seconds it
+    needs (PyAV's frame threads included), the base of the CPU-bound ceiling in ``limits``."""
+
+    def __init__(self, stages):
+        super().__init__(stages)
+        self.cpu = dict.fromkeys(stages, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.s[stage] += time.perf_counter() - t0
+            self.cpu[stage] += time.process_time() - c0
+
+
 class StageTimers:
     """Adds up the seconds each stage of the optimized pipeline takes: wraps a predictor's stage
     methods on the instance (the class is untouched) and, for the temporal model forwards,
@@ -190,7 +211,7 @@ class StageTimers:
         import torch
 
         self.pred = pred
-        self.clock = StageClock((*STAGES, "windows_total"))
+        self.clock = CpuStageClock((*STAGES, "windows_total"))
         self.s = self.clock.s
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self._names = []
@@ -247,6 +268,9 @@ class StageTimers:
             self.pred._detector = self._det
         # windows + averaging = the whole-array temporal step minus the model forward
         self.s["averaging"] = max(0.0, self.s.pop("windows_total") - self.s["temporal"])
+        cpu = self.clock.cpu
+        cpu["averaging"] = max(0.0, cpu.pop("windows_total") - cpu["temporal"])
+        self.s["cpu"] = dict(cpu)
 
     def _timed_decoder(self, iter_video):
         clock = self.clock
@@ -621,12 +645,21 @@ def limits(su: Setup, m: dict, fps: dict, stages: dict) -> dict:
     opt = stages["optimized"]
     enc, dec = opt["encoder"]["fps"], opt["decode"]["fps"]
     serial_s = sum(opt[s]["seconds"] for s in STAGES)
+    n = count_frames(m["predictions"])
     cores = os.cpu_count() or 1
     cpu = median(m["cpu_seconds"]["optimized"])
     wall = median(m["seconds"]["optimized"])
+    # core-seconds each stage needs (serial run, median over rounds); with every core busy the
+    # pipeline cannot beat cores x frames / their sum, whatever overlaps with what
+    stage_cpu = {s: median([r["cpu"][s] for r in m["stage_runs"]["optimized"]]) for s in STAGES}
+    total_cpu = sum(stage_cpu.values())
+    ceiling = cores * n / total_cpu if total_cpu > 0 else None
     return {"encoder_alone_fps": enc, "decode_alone_fps": dec,
             "pipeline_efficiency": fps["optimized"] / enc,
-            "stage_sum_fps": count_frames(m["predictions"]) / serial_s if serial_s > 0 else None,
+            "stage_sum_fps": n / serial_s if serial_s > 0 else None,
+            "stage_cpu_ms_per_frame": {s: 1e3 * v / n for s, v in stage_cpu.items()},
+            "cpu_bound_fps": ceiling,
+            "efficiency_ceiling": ceiling / enc if ceiling else None,
             "core_utilisation": cpu / (wall * cores), "cpu_seconds": cpu, "cores": cores}
 
 
@@ -768,7 +801,9 @@ def csv_extra(report: dict) -> dict:
             "int8_fps": f"{i8['fps']:.2f}" if i8 else "",
             "int8_max_abs": f"{i8['max_abs_vs_optimized']:.2e}" if i8 else "",
             "int8_feature_cosine_min": f"{i8['feature_cosine']['min']:.6f}" if i8 else "",
-            "naive_bf16_fps": f"{nb['fps']:.2f}" if nb else ""}
+            "naive_bf16_fps": f"{nb['fps']:.2f}" if nb else "",
+            "cpu_bound_fps": f"{lim['cpu_bound_fps']:.1f}",
+            "efficiency_ceiling": f"{lim['efficiency_ceiling']:.3f}"}
 
 
 def append_csv_row(path: Path, row: dict) -> None:
@@ -841,6 +876,10 @@ def print_extra_rows(r: dict) -> None:
           f"frames/s; pipeline efficiency (end to end / encoder alone) "
           f"{lim['pipeline_efficiency']:.2f}; cores busy {100 * lim['core_utilisation']:.0f}% "
           f"of {lim['cores']} during the overlapped run")
+    cpu = lim["stage_cpu_ms_per_frame"]
+    print("CPU ms per frame (serial run, all threads): " + ", ".join(
+        f"{s} {cpu[s]:.2f}" for s in STAGES) + f"; CPU-bound ceiling {lim['cores']} cores / their "
+        f"sum = {lim['cpu_bound_fps']:.1f} frames/s = {lim['efficiency_ceiling']:.2f} x encoder alone")
 
 
 def main(argv=None) -> int:

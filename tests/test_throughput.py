@@ -96,6 +96,9 @@ def test_report_keys_and_figures_come_from_measurements(quick_report):
     assert lim["decode_alone_fps"] == pytest.approx(js["stages"]["optimized"]["decode"]["fps"])
     assert lim["pipeline_efficiency"] == pytest.approx(js["optimized_fps"] / lim["encoder_alone_fps"])
     assert 0 < lim["core_utilisation"] <= 1.5
+    per_frame = lim["stage_cpu_ms_per_frame"]
+    assert set(per_frame) == {"decode", "faces", "encoder", "temporal", "averaging"}
+    assert lim["cpu_bound_fps"] == pytest.approx(lim["cores"] * 1e3 / sum(per_frame.values()))
 
 
 def test_int8_and_naive_bf16_rows(quick_report):
@@ -158,7 +161,8 @@ def test_stage_timers_restore_the_predictor(tmp_path):
     import affaccel.video.decode as decode
 
     assert decode.iter_video.__name__ == "iter_video"      # the decoder is put back too
-    assert tm.s["encoder"] > 0 and set(tm.s) == set(tp.STAGES)
+    assert tm.s["encoder"] > 0 and set(tm.s) == {*tp.STAGES, "cpu"}
+    assert set(tm.s["cpu"]) == set(tp.STAGES) and tm.s["cpu"]["encoder"] > 0
 
 
 @pytest.mark.gpu
