@@ -50,7 +50,7 @@ SWEEP_CSV = ROOT / "bench" / "results" / "segments_sweep_cpu.csv"
 SWEEP_FRAMES = (1, 100, 299, 300, 301, 1000, 3000, 10000, 50000, 200000)
 SWEEP_FIELDS = ["date", "commit", "cpu", "cores", "loadavg", "numpy", "op", "frames", "param",
                 "windows", "bytes", "repeats", "cxx_us", "numpy_us", "memcpy_us", "speedup",
-                "vs_memcpy"]
+                "vs_memcpy", "cxx_cpu_us", "numpy_cpu_us", "memcpy_cpu_us", "speedup_cpu"]
 FIELDS = ["date", "commit", "cpu", "cores", "torch", "numpy", "op", "impl", "threads", "videos",
           "frames", "dim", "dtype", "window", "stride", "k", "bytes", "median_s", "min_s",
           "repeats", "cpu_s", "gb_per_s", "vs_baseline", "vs_baseline_cpu", "baseline"]
@@ -262,7 +262,8 @@ def sweep_average(n: int, k: int, budget: int) -> dict:
     c, r = interleaved([lambda: S.overlap_average(preds, starts, n),
                         lambda: numpy_slice_average(preds, starts, n)], reps, warmup=3)
     return dict(op="average", frames=n, param=f"K={k}", windows=len(starts), bytes=preds.nbytes,
-                repeats=reps, cxx=c.median, numpy=r.median, memcpy=float("nan"))
+                repeats=reps, cxx=c.median, numpy=r.median, memcpy=float("nan"),
+                cxx_cpu=c.cpu_median, numpy_cpu=r.cpu_median, memcpy_cpu=float("nan"))
 
 
 def sweep_assemble(n: int, d: int, budget: int) -> dict:
@@ -277,7 +278,8 @@ def sweep_assemble(n: int, d: int, budget: int) -> dict:
     c, r, m = interleaved([lambda: S.assemble_windows(x), lambda: numpy_slice_assemble(x, starts, 300),
                            lambda: np.copyto(np.empty_like(written), written)], reps, warmup=3)
     return dict(op="assemble", frames=n, param=f"D={d}", windows=len(starts), bytes=written.nbytes,
-                repeats=reps, cxx=c.median, numpy=r.median, memcpy=m.median)
+                repeats=reps, cxx=c.median, numpy=r.median, memcpy=m.median,
+                cxx_cpu=c.cpu_median, numpy_cpu=r.cpu_median, memcpy_cpu=m.cpu_median)
 
 
 def run_sweep(args) -> int:
@@ -297,35 +299,47 @@ def run_sweep(args) -> int:
             "loadavg": f"{load0[0]}->{load1[0]}"}
     for r in rows:
         r["speedup"] = r["numpy"] / r["cxx"]
+        r["speedup_cpu"] = r["numpy_cpu"] / r["cxx_cpu"]
         r["vs_memcpy"] = r["cxx"] / r["memcpy"] if r["op"] == "assemble" else float("nan")
     if not args.no_csv:
-        write_sweep_csv(SWEEP_CSV, rows, meta)
+        write_sweep_csv(args.csv or SWEEP_CSV, rows, meta)
     print(f"\n{meta['cpu']} ({meta['cores']} cores), numpy {meta['numpy']}, commit {meta['commit']}, "
           f"{meta['date']}; load average {' '.join(load0)} before, {' '.join(load1)} after")
     print("One video, w=300 s=200; median us of interleaved runs, public call (wrapper included). "
-          "speed-up = NumPy slice time / C++ time; vs memcpy = C++ time / memcpy of the bytes written.")
+          "speed-up = NumPy slice time / C++ time (wall; cpu: process CPU time, less sensitive to "
+          "load); vs memcpy = C++ time / memcpy of the bytes written.")
     print(f"{'op':<9}{'frames':>7}{'param':>7}{'windows':>8}{'C++ us':>10}{'NumPy us':>10}"
-          f"{'memcpy us':>10}{'speed-up':>9}{'vs memcpy':>10}")
+          f"{'memcpy us':>10}{'speed-up':>9}{'cpu':>6}{'vs memcpy':>10}")
     for r in rows:
         mc = f"{r['memcpy'] * 1e6:>10.1f}" if r["op"] == "assemble" else f"{'':>10}"
         vm = f"{r['vs_memcpy']:>10.2f}" if r["op"] == "assemble" else f"{'':>10}"
         print(f"{r['op']:<9}{r['frames']:>7}{r['param']:>7}{r['windows']:>8}{r['cxx'] * 1e6:>10.1f}"
-              f"{r['numpy'] * 1e6:>10.1f}{mc}{r['speedup']:>9.2f}{vm}")
+              f"{r['numpy'] * 1e6:>10.1f}{mc}{r['speedup']:>9.2f}{r['speedup_cpu']:>6.2f}{vm}")
     return 0
 
 
 def write_sweep_csv(path: Path, rows: list[dict], meta: dict) -> None:
+    """Appends rows; a file with other columns (an older version of this script) is rewritten
+    under the current header first, its rows kept (new columns empty)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=SWEEP_FIELDS, lineterminator="\n")
     old_text = path.read_text() if path.exists() else ""
-    if not old_text:
+    if old_text and old_text.splitlines()[0].split(",") != SWEEP_FIELDS:
+        old_rows = list(csv.DictReader(io.StringIO(old_text)))
+        writer.writeheader()
+        writer.writerows({k: row.get(k, "") for k in SWEEP_FIELDS} for row in old_rows)
+        old_text = ""
+    if not old_text and not buf.getvalue():
         writer.writeheader()
     for r in rows:
         writer.writerow({**meta, **{k: r[k] for k in ("op", "frames", "param", "windows", "bytes",
                                                        "repeats")},
                          "cxx_us": f"{r['cxx'] * 1e6:.2f}", "numpy_us": f"{r['numpy'] * 1e6:.2f}",
                          "memcpy_us": f"{r['memcpy'] * 1e6:.2f}", "speedup": f"{r['speedup']:.3f}",
-                         "vs_memcpy": f"{r['vs_memcpy']:.3f}"})
+                         "vs_memcpy": f"{r['vs_memcpy']:.3f}", "cxx_cpu_us": f"{r['cxx_cpu'] * 1e6:.2f}",
+                         "numpy_cpu_us": f"{r['numpy_cpu'] * 1e6:.2f}",
+                         "memcpy_cpu_us": f"{r['memcpy_cpu'] * 1e6:.2f}",
+                         "speedup_cpu": f"{r['speedup_cpu']:.3f}"})
     atomic_write_text(path, old_text + buf.getvalue())
 
 
@@ -379,7 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, nargs="+", default=list(SWEEP_FRAMES),
                     help="frame counts of --sweep")
     ap.add_argument("--threshold", action="store_true", help="1 thread vs the pool by size")
-    ap.add_argument("--csv", type=Path, default=CSV_PATH)
+    ap.add_argument("--csv", type=Path, default=None,
+                    help=f"rows go here (default {CSV_PATH.name}, with --sweep {SWEEP_CSV.name})")
     ap.add_argument("--no-csv", action="store_true", help="do not append to the CSV")
     args = ap.parse_args(argv)
     if args.quick:
@@ -427,7 +442,7 @@ def main(argv=None) -> int:
             "frames": sum(lengths), "dim": args.dim, "dtype": "float16", "window": w,
             "stride": s, "k": args.k, "repeats": args.repeats}
     if not args.no_csv:
-        write_csv(args.csv, cases, meta)
+        write_csv(args.csv or CSV_PATH, cases, meta)
     print_table(cases, meta, args.weighting)
     return 0
 
