@@ -344,3 +344,27 @@ def test_thread_count_from_env_does_not_change_bits(calls, monkeypatch):
         S.set_parallel_threshold(old)
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+def test_concurrent_calls_share_the_pool(monkeypatch):
+    """Several Python threads on a pool forced on: one call at a time gets the pool, the others
+    run on their own thread (no deadlock); every result keeps its bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("AFFACCEL_NUM_THREADS", "2")
+    lengths = [4000, 3100, 999]
+    index = S.plan_windows_batch(lengths)
+    preds = rand((len(index), W, 8), seed=9)
+    feats = [rand((n, 96), "float16", seed=n) for n in lengths]
+    want_avg = S.overlap_average_batch_ref(preds, index, lengths, "triangular")
+    want_w = S.assemble_windows_batch_ref(feats)[0]
+    old = S.set_parallel_threshold(0)
+    try:
+        def job(i):
+            got = S.overlap_average_batch(preds, index, lengths, "triangular")
+            w = S.assemble_windows_batch(feats)[0]
+            return all(np.array_equal(g, r) for g, r in zip(got, want_avg)) and np.array_equal(w, want_w)
+        with ThreadPoolExecutor(4) as ex:
+            assert all(ex.map(job, range(24)))
+    finally:
+        S.set_parallel_threshold(old)
