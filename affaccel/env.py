@@ -1,6 +1,10 @@
 """Every AFFACCEL_* environment variable, read here and nowhere else (README lists them).
 
 Values are read at call time, not import time, so tests and programs can set them late.
+One exception to "nowhere else": the C++ window engine (csrc/segments.cpp) reads
+AFFACCEL_NUM_THREADS and AFFACCEL_DISABLE_EXT itself with getenv, by the rules of ``flag`` and
+``num_threads`` here, because reading ``os.environ`` from Python cost 1.5-3 us per call
+(``os.environ`` assignments reach getenv through putenv, so setting them late still works).
 """
 from __future__ import annotations
 
