@@ -7,7 +7,6 @@ C++ engine and the NumPy fallback that installs without the extension use.
 """
 from __future__ import annotations
 
-import collections
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 from affaccel import _ext
 from affaccel import segments as S
 
+from extension_spy import CountingExtension
 from tolerances import tol
 
 HYP = settings(max_examples=40, deadline=None, derandomize=True,
@@ -28,29 +28,11 @@ HYP = settings(max_examples=40, deadline=None, derandomize=True,
 W, STRIDE = 300, 200
 
 
-class _CountingExtension:
-    """affaccel._C with every call counted (a stand-in for what _ext.load() returns)."""
-
-    def __init__(self, mod):
-        self._mod = mod
-        self.calls = collections.Counter()
-
-    def __getattr__(self, name):
-        fn = getattr(self._mod, name)
-        if not callable(fn):
-            return fn
-
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return fn(*args, **kwargs)
-        return counted
-
-
 @pytest.fixture
 def ext(monkeypatch):
     """Parity tests: the C++ engine, required, and checked to have run afterwards, so that no
     parity test compares the NumPy reference with itself."""
-    spy = _CountingExtension(_ext.load())  # a missing/disabled extension fails here, with the hint
+    spy = CountingExtension(_ext.load())  # a missing/disabled extension fails here, with the hint
     monkeypatch.setattr(_ext, "load", lambda: spy)
     assert S._use_ext()
     yield spy.calls

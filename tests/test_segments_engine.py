@@ -6,7 +6,6 @@ Every test here needs the extension (`pip install .` builds it); a missing one f
 """
 from __future__ import annotations
 
-import collections
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ import torch
 
 from affaccel import _ext, env
 from affaccel import segments as S
+
+from extension_spy import CountingExtension
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_segments import numpy_slice_assemble, numpy_slice_average  # noqa: E402
@@ -29,27 +30,9 @@ W, STRIDE = 300, 200
 SWEEP_N = [1, 2, 299, 300, 301, 500, 600, 601, 1000, 3000, 3100, 10_001]
 
 
-class _Spy:
-    """affaccel._C with every call counted by name."""
-
-    def __init__(self, mod):
-        self._mod = mod
-        self.calls = collections.Counter()
-
-    def __getattr__(self, name):
-        fn = getattr(self._mod, name)
-        if not callable(fn):
-            return fn
-
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return fn(*args, **kwargs)
-        return counted
-
-
 @pytest.fixture
 def calls(monkeypatch):
-    spy = _Spy(_ext.load())
+    spy = CountingExtension(_ext.load())
     monkeypatch.setattr(_ext, "load", lambda: spy)
     assert S._use_ext()
     yield spy.calls
@@ -309,7 +292,7 @@ def test_extension_reads_flags_like_env(monkeypatch, value):
 
 
 def test_disable_ext_at_run_time_takes_the_reference(monkeypatch):
-    spy = _Spy(_ext._load()[0])
+    spy = CountingExtension(_ext._load()[0])
     monkeypatch.setattr(_ext, "_load", lambda: (spy, None))
     monkeypatch.setenv("AFFACCEL_DISABLE_EXT", "1")
     starts = S.plan_windows(1000)
