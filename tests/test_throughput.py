@@ -99,6 +99,8 @@ def test_report_keys_and_figures_come_from_measurements(quick_report):
     per_frame = lim["stage_cpu_ms_per_frame"]
     assert set(per_frame) == {"decode", "faces", "encoder", "temporal", "averaging"}
     assert lim["cpu_bound_fps"] == pytest.approx(lim["cores"] * 1e3 / sum(per_frame.values()))
+    assert lim["cpu_bound_fps_all"] == pytest.approx(lim["cores"] * 1e3 / lim["serial_cpu_ms_per_frame"])
+    assert lim["speedup_ceiling"] == pytest.approx(lim["cpu_bound_fps_all"] / js["naive_fps"])
 
 
 def test_int8_and_naive_bf16_rows(quick_report):

@@ -18,8 +18,9 @@ order, so the same seed gives the same result.
 
 CPU inference path (``TCN.forward`` with ``fused=None`` where the reference would run, dropout
 inactive): the whole stack runs channels-first, [B, C, T], with one transpose in and one out
-(``TemporalBlock.forward_channels_first``: left-padded ``F.conv1d`` per conv, the same
-arithmetic as the reference, without its per-conv transposes and copies). Chosen by
+(``TemporalBlock.forward_channels_first``: ``F.conv1d`` with its own padding, keeping the
+first T outputs: the operations of the naive ``nn.Conv1d`` + chomp TCN, without the
+reference's per-conv transposes, left-padded copies and contiguous copies). Chosen by
 ``affaccel.ops._dispatch.use_channels_first``; compared with ``forward_ref`` in
 tests/nn/test_tcn.py. In training with dropout the channels-last reference runs, so the dropout
 masks stay those of the fused path.
@@ -106,10 +107,12 @@ class TemporalBlock(nn.Module):
     def forward_channels_first(self, x: torch.Tensor) -> torch.Tensor:
         """The CPU inference path: x [B, C_in, T] -> [B, C_out, T]; dropout must be inactive
         (eval mode or p = 0). Same arithmetic as ``forward_ref`` in the conv's own layout."""
-        act, d = self.activation, self.dilation
+        act, d, t = self.activation, self.dilation, x.shape[-1]
         pad = (self.conv1.kernel_size[0] - 1) * d
-        h = activation_ref(F.conv1d(F.pad(x, (pad, 0)), self.conv1.weight, self.conv1.bias, dilation=d), act)
-        out = activation_ref(F.conv1d(F.pad(h, (pad, 0)), self.conv2.weight, self.conv2.bias, dilation=d), act)
+        # the convolution pads both ends itself (no padded copy of the input); the first T
+        # outputs are the causal ones (output t sees inputs t - pad .. t)
+        h = activation_ref(F.conv1d(x, self.conv1.weight, self.conv1.bias, dilation=d, padding=pad)[..., :t], act)
+        out = activation_ref(F.conv1d(h, self.conv2.weight, self.conv2.bias, dilation=d, padding=pad)[..., :t], act)
         res = x if self.downsample is None else F.conv1d(x, self.downsample.weight, self.downsample.bias)
         return activation_ref(out + res, act)
 

@@ -50,10 +50,12 @@ def use_channels_first(*tensors: torch.Tensor | None) -> bool:
     and one out) instead of per-conv channels-last calls: wherever the reference path runs
     (CPU tensors outside Triton's interpreter, or AFFACCEL_FORCE_REFERENCE=1) and not on CUDA.
 
-    Why: on CPU, ``F.conv1d`` takes [B, C, T]; the channels-last reference pays a transpose and
-    a copy around every convolution. Measured on 2 EPYC cores, the cpu preset's TCN (128 -> 128
-    -> 128, k=3, 8 windows of 300): channels-last reference 0.75-0.82x, channels-first path
-    0.92-1.44x the naive ``nn.Conv1d`` + chomp TCN (bench/bench_cpu_inference.py).
+    Why: on CPU, ``F.conv1d`` takes [B, C, T]; the channels-last reference pays a transpose, a
+    padded copy and a contiguous copy around every convolution, where the channels-first path
+    runs the naive ``nn.Conv1d`` + chomp TCN's own operations. Measured on 2 EPYC cores (cpu
+    preset TCN 128 -> 128 -> 128, k=3, windows of 300, bench/bench_cpu_inference.py): all
+    three within the machine's noise at low load (0.8-1.2x of each other, run to run); at high
+    load the reference was 0.75-0.82x the naive TCN.
     """
     ts = [t for t in tensors if t is not None]
     return bool(ts) and all(t.device.type == "cpu" for t in ts) and not use_triton(*ts)
