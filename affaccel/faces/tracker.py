@@ -77,18 +77,31 @@ HIST_BINS = 16      # per channel, soft (linear) binning: a small change of ever
 HIST_STEP = 4       # moves little mass (a fade does not look like a cut); every 4th pixel
 
 
-def colour_histograms(frames: np.ndarray) -> np.ndarray:
-    """frames [B, H, W, 3] uint8 -> [B, 3 * HIST_BINS]: per channel, a normalised histogram
-    with linear interpolation between neighbouring bins."""
-    b = len(frames)
-    x = np.asarray(frames[:, ::HIST_STEP, ::HIST_STEP], np.float32).reshape(b, -1, 3)
-    pos = np.clip(x * (HIST_BINS / 256.0) - 0.5, 0.0, HIST_BINS - 1.0)   # bin centres at integers
+def _soft_bin_matrix() -> np.ndarray:
+    """[256, HIST_BINS] float64: the share of pixel value v in each bin (linear interpolation
+    between neighbouring bin centres, which sit at the integers of v * BINS / 256 - 0.5)."""
+    pos = np.clip(np.arange(256, dtype=np.float64) * (HIST_BINS / 256.0) - 0.5, 0.0, HIST_BINS - 1.0)
     lo = np.floor(pos).astype(np.int64)
     w = pos - lo
-    offs = (np.arange(b)[:, None, None] * 3 + np.arange(3)[None, None, :]) * HIST_BINS
-    size = b * 3 * HIST_BINS
-    h = (np.bincount((lo + offs).ravel(), (1.0 - w).ravel(), size)
-         + np.bincount((np.minimum(lo + 1, HIST_BINS - 1) + offs).ravel(), w.ravel(), size))
+    m = np.zeros((256, HIST_BINS))
+    np.add.at(m, (np.arange(256), lo), 1.0 - w)
+    np.add.at(m, (np.arange(256), np.minimum(lo + 1, HIST_BINS - 1)), w)
+    return m
+
+
+_SOFT_BINS = _soft_bin_matrix()
+
+
+def colour_histograms(frames: np.ndarray) -> np.ndarray:
+    """frames [B, H, W, 3] uint8 -> [B, 3 * HIST_BINS]: per channel, a normalised histogram
+    with linear interpolation between neighbouring bins. Computed as an exact 256-value count
+    per frame and channel (one integer bincount) times the [256, BINS] soft-bin matrix."""
+    b = len(frames)
+    x = np.asarray(frames[:, ::HIST_STEP, ::HIST_STEP]).reshape(b, -1, 3).astype(np.int32)
+    x += ((np.arange(b, dtype=np.int32)[:, None, None] * 3 + np.arange(3, dtype=np.int32)[None, None, :])
+          * 256)                                                      # (frame, channel, value) index
+    counts = np.bincount(x.ravel(), minlength=b * 3 * 256).reshape(b * 3, 256)
+    h = counts @ _SOFT_BINS                                           # [B * 3, BINS]
     return h.reshape(b, 3 * HIST_BINS) / max(x.shape[1], 1)
 
 

@@ -199,3 +199,26 @@ def test_cuts_with_user_boxes_crops_and_features(predictor, frames):
     assert predictor.predict_video(None, crops=crops, cuts=[CUT]).frame["segment"].tolist() == cut["segment"].tolist()
     with pytest.raises(ValueError, match="cuts"):
         predictor.predict_video(None, features=feats, cuts=[-3])
+
+
+def test_colour_histograms_match_the_per_pixel_definition():
+    """The fast histogram (value counts x soft-bin matrix) equals the definition computed pixel
+    by pixel: each sampled value adds 1 - w to its lower bin and w to the next."""
+    from affaccel.faces.tracker import HIST_BINS, HIST_STEP, colour_histograms
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 13, 17, 3), dtype=np.uint8)
+    frames[1, ::2] = 0
+    frames[2, :, :5] = 255
+    want = np.zeros((3, 3, HIST_BINS))
+    sample = frames[:, ::HIST_STEP, ::HIST_STEP]
+    for f in range(3):
+        for c in range(3):
+            vals = sample[f, ..., c].ravel()
+            for v in vals:
+                pos = min(max(int(v) * HIST_BINS / 256.0 - 0.5, 0.0), HIST_BINS - 1.0)
+                lo = int(np.floor(pos))
+                want[f, c, lo] += 1 - (pos - lo)
+                want[f, c, min(lo + 1, HIST_BINS - 1)] += pos - lo
+            want[f, c] /= len(vals)
+    np.testing.assert_allclose(colour_histograms(frames), want.reshape(3, -1), rtol=0, atol=1e-12)
