@@ -127,5 +127,7 @@ class Throughput:
         """History columns: train_seconds, frames_per_s, mfu (0..1), peak_tflops."""
         fps = self.frames / self.seconds if self.seconds > 0 else float("nan")
         mfu = fps * self.flops_per_frame / (self.peak * self.world) if self.peak > 0 else float("nan")
-        return {"train_seconds": round(self.seconds, 4), "frames_per_s": fps, "mfu": mfu,
+        # seconds unrounded: frames_per_s * train_seconds must give the frames back (a 4-decimal
+        # rounding of a 0.03 s epoch is a 0.15% error)
+        return {"train_seconds": self.seconds, "frames_per_s": fps, "mfu": mfu,
                 "peak_tflops": self.peak / 1e12}
