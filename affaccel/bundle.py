@@ -94,15 +94,12 @@ def _need(entry: Any, path: Path, where: str, keys: tuple[str, ...]) -> None:
 
 def read_bundle_dict(path: str | Path) -> dict:
     """The raw bundle dict, checked, loaded with weights_only=True on CPU."""
-    import torch
+
+    from affaccel.io_utils import read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no bundle at {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a torch file
-        raise ValueError(f"{path}: not a readable affaccel bundle ({e})") from e
+    raw = read_torch_file(path, f"no bundle at {path}",
+                          "not a readable affaccel bundle (truncated, damaged, or not written by affaccel.train)")
     if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path}: not an affaccel bundle (format tag missing)")
     if raw.get("version") != BUNDLE_VERSION:

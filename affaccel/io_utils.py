@@ -72,3 +72,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_torch_file(path: str | os.PathLike, missing: str, unreadable: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, the one loader of every affaccel file
+    (bundles, checkpoints). A missing file raises FileNotFoundError(``missing``); a file that does
+    not load raises ValueError(``"<path>: <unreadable> (<error kind>)"``). torch's own text is
+    left out: for a file with arbitrary pickled objects it suggests ``weights_only=False``, i.e.
+    running code from the file, which affaccel never asks of a user."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, foreign pickle
+        raise ValueError(f"{path}: {unreadable} ({type(e).__name__})") from None

@@ -248,13 +248,11 @@ def save_emoclip(path: str | Path, model: EmoClipModel, **extra) -> Path:
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"EmoCLIP checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, arbitrary pickle, not a torch file
-        raise ValueError(f"{path} is not a readable torch checkpoint "
-                         f"(torch.load(weights_only=True) failed: {type(e).__name__}: {e})") from None
+    from affaccel.io_utils import read_torch_file
+
+    return read_torch_file(path, f"EmoCLIP checkpoint not found: {path}",
+                           "not a readable torch checkpoint of tensors and plain values (truncated, damaged, "
+                           "or saved with other objects)")
 
 
 def load_emoclip(path: str | Path, model_name: str | None = None, heads: int | None = None,

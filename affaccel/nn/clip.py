@@ -254,13 +254,11 @@ def build_encoder(cfg: ClipConfig | None = None, **overrides) -> ClipEncoder:
 
 
 def _load_file(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file
-        raise ValueError(f"{path} is not a readable torch checkpoint "
-                         f"(torch.load(weights_only=True) failed: {type(e).__name__}: {e})") from None
+    from affaccel.io_utils import read_torch_file
+
+    return read_torch_file(path, f"checkpoint file not found: {path}",
+                           "not a readable torch checkpoint of tensors and plain values (truncated, damaged, "
+                           "or saved with other objects)")
 
 
 def _encoder_from_checkpoint(obj: dict, path: Path) -> ClipEncoder:

@@ -93,17 +93,13 @@ def _checkpoint(cfg: TrainConfig, model, optimizer=None, scheduler=None, **extra
 
 def load_checkpoint(path: str | Path) -> dict:
     """A temporal checkpoint (best.pt / last.pt), loaded with weights_only=True."""
-    import torch
+
+    from affaccel.io_utils import read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, foreign pickle
-        # (torch's own text suggests unsafe loading; only its kind is kept)
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}; the file is truncated or "
-                         "damaged, e.g. by a full disk): delete it, or the run folder, and train again") from None
+    ckpt = read_torch_file(path, f"no checkpoint at {path}",
+                           "unreadable checkpoint (the file is truncated or damaged, e.g. by a full disk): "
+                           "delete it, or the run folder, and train again")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an affaccel temporal checkpoint")
     return ckpt
